@@ -1,0 +1,33 @@
+"""libra: temporal chest X-ray report generation (Libra) on today's stack.
+
+The Python API is what the CLI and the web UI call; heavy modules (torch, transformers)
+are imported lazily so that ``import libra_cli`` and ``libra --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (resolved on first access)
+_LAZY = {
+    "LibraError": "libra_cli.errors",
+    "load_model": "libra_cli.loading",
+    "LoadedModel": "libra_cli.loading",
+    "generate_report": "libra_cli.generation",
+    "GenerationSettings": "libra_cli.generation",
+    "load_image": "libra_cli.images",
+    "get_template": "libra_cli.prompts",
+    "build_prompt": "libra_cli.prompts",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'libra_cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,93 @@
+"""The ``libra`` executable: a thin Typer layer over the core modules.
+
+Commands parse arguments, call the core and render results; they hold no logic.
+Every command module imports torch/transformers lazily, so ``libra --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from libra_cli import __version__
+from libra_cli.errors import LibraError
+
+app = typer.Typer(
+    name="libra",
+    help="Temporal chest X-ray report generation (Libra): infer, batch, eval, data, train, convert, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"libra {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """libra: run, evaluate and train Libra chest X-ray report generators."""
+    if debug:
+        os.environ["LIBRA_DEBUG"] = "1"
+
+
+def _register() -> None:
+    """Attach every command module (each defines ``register(app)``)."""
+    from libra_cli.commands import COMMAND_MODULES
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"libra_cli.commands.{name}").register(app)
+
+
+_register()
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LIBRA_DEBUG") == "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    try:
+        app(args=argv, prog_name="libra", standalone_mode=True)
+    except LibraError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: never show a traceback unasked
+        if debug:
+            raise
+        msg = _known_failure(exc) or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _known_failure(exc: Exception) -> str | None:
+    """Map environment failures that are not bugs to an actionable message."""
+    name = type(exc).__name__
+    text = str(exc)
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return (
+            "out of memory: lower --batch-size / --max-new-tokens / --num-beams, use --dtype bfloat16, "
+            "or load in 4-bit (--load-4bit)"
+        )
+    return None
