@@ -1,0 +1,170 @@
+"""File helpers shared by the data commands: atomic writes and fast, checked CSV/Parquet/JSONL I/O."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from libra_cli.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".parquet")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` and rename it over ``path`` on success.
+
+    Readers never see a half-written file, and a crash leaves the old output intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def table_format(path: Path) -> str:
+    """Name the format of ``path`` from its suffix (csv, jsonl or parquet), or explain what is allowed."""
+    name = Path(path).name.lower()
+    for fmt in ("csv", "jsonl", "parquet"):
+        if name.endswith(f".{fmt}") or (fmt != "parquet" and name.endswith(f".{fmt}.gz")):
+            return fmt
+    raise InputError(f"cannot tell the format of '{path}'; name it *.csv, *.csv.gz, *.jsonl, *.jsonl.gz or *.parquet")
+
+
+def check_readable(path: Path, what: str) -> Path:
+    """Fail with one line when an input file is missing, instead of a deep pyarrow error."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"{what} '{path}' is a folder; give the CSV file itself")
+    return path
+
+
+def read_csv_columns(
+    path: Path,
+    what: str,
+    required: dict[str, Any],
+    optional: dict[str, Any] | None = None,
+) -> pa.Table:
+    """Read only the needed columns of a (possibly gzipped) CSV with pyarrow, typed and checked.
+
+    ``required``/``optional`` map column name -> pyarrow type. Missing required columns, a broken
+    gzip stream or a value that does not parse all become one-line :class:`InputError`s.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    check_readable(path, what)
+    optional = optional or {}
+    wanted = {**required, **optional}
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=8 << 20),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(wanted),
+                include_missing_columns=True,
+                column_types=wanted,
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {what} '{path}': {first}; check that it is an intact CSV (or .csv.gz)") from exc
+    header = _header(path)
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(
+            f"{what} '{path}' lacks column(s) {', '.join(missing)} (has: {', '.join(header[:12])}); "
+            "give the MIMIC-CXR-JPG file with those columns"
+        )
+    absent = [c for c in optional if c not in header]
+    if absent:
+        table = table.drop_columns(absent)
+    return table
+
+
+def _header(path: Path) -> list[str]:
+    """The CSV header's column names (cheap: reads the first line only)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
+        row = next(csv.reader(fh), [])
+    return [c.strip() for c in row]
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write an Arrow table as CSV(.gz), JSONL(.gz) or Parquet, atomically."""
+    import pyarrow as pa
+
+    fmt = table_format(path)
+    gz = str(path).lower().endswith(".gz")
+    with atomic_path(Path(path)) as tmp:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        elif fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            opts = pacsv.WriteOptions(quoting_style="needed")
+            if gz:
+                with pa.CompressedOutputStream(str(tmp), "gzip") as sink:
+                    pacsv.write_csv(table, sink, write_options=opts)
+            else:
+                pacsv.write_csv(table, tmp, write_options=opts)
+        else:
+            import gzip
+
+            df = table.to_pandas()
+            text = df.to_json(orient="records", lines=True, force_ascii=False)
+            data = text.encode("utf-8")
+            if gz:
+                with gzip.open(tmp, "wb", compresslevel=6) as fh:
+                    fh.write(data)
+            else:
+                tmp.write_bytes(data)
+
+
+def read_table(path: Path, what: str) -> pa.Table:
+    """Read a CSV(.gz) / JSONL(.gz) / Parquet table written by ``write_table`` (or by hand)."""
+    import pyarrow as pa
+
+    check_readable(path, what)
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            return pacsv.read_csv(
+                path, parse_options=pacsv.ParseOptions(newlines_in_values=True)
+            )
+        import pyarrow.json as pajson
+
+        return pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {what} '{path}': {first}; check the file") from exc

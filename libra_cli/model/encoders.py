@@ -1,0 +1,152 @@
+"""Image encoders (RAD-DINO/DINOv2, CLIP, SigLIP via transformers; open_clip towers as an extra).
+
+All return stacked hidden states ``[N, L, P, D]`` selected as the original code did (spec §3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.images import ImageProcessorConfig
+
+
+class VisionTower(nn.Module):
+    """Wraps an HF vision model; attribute name ``vision_tower`` keeps the original key layout."""
+
+    def __init__(
+        self,
+        vision_tower: nn.Module,
+        processor: ImageProcessorConfig,
+        select_layer: int | str = "all",
+        select_feature: str = "patch",
+        maira_feature_norm: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.processor = processor
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.maira_feature_norm = maira_feature_norm
+        self.name = name
+        mt = getattr(vision_tower.config, "model_type", "")
+        # SigLIP has no CLS token: "patch" keeps every token there
+        self.has_cls = mt not in ("siglip_vision_model", "siglip", "siglip2_vision_model")
+        self.trainable = False
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.vision_tower.config.hidden_size)
+
+    @property
+    def num_layers_selected(self) -> int:
+        return int(self.vision_tower.config.num_hidden_layers) if self.select_layer == "all" else 1
+
+    @property
+    def num_patches(self) -> int:
+        cfg = self.vision_tower.config
+        n = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        return n + (1 if self.select_feature == "cls_patch" and self.has_cls else 0)
+
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
+        if self.select_feature == "patch":
+            return x[:, 1:] if self.has_cls else x
+        if self.select_feature == "cls_patch":
+            return x
+        raise InputError(f"unknown mm_vision_select_feature {self.select_feature!r}; expected 'patch' or 'cls_patch'")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` -> ``[N, L, P, D]``."""
+        p = next(self.vision_tower.parameters())
+        pixel_values = pixel_values.to(device=p.device, dtype=p.dtype)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        if self.select_layer == "all":
+            feats = torch.stack([self._select(h) for h in out.hidden_states[1:]], dim=1)
+        else:
+            k = int(self.select_layer)
+            h = out.last_hidden_state if self.maira_feature_norm else out.hidden_states[k]
+            feats = self._select(h).unsqueeze(1)
+        return feats
+
+
+def _parse_select_layer(value: Any) -> int | str:
+    if value in (None, "all"):
+        return "all"
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"mm_vision_select_layer must be 'all' or an integer, got {value!r}") from exc
+
+
+def resolve_vision_tower_path(name: str, checkpoint_dir: str | Path | None, override: str | None = None) -> str:
+    """Resolve ``mm_vision_tower``: the checkpoint folder first, then the working dir, then the hub id."""
+    if override:
+        name = override
+    if name.startswith("hf-hub:"):
+        return name
+    candidates: list[Path] = []
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        candidates.append(p)
+    else:
+        if checkpoint_dir is not None:
+            candidates.append(Path(checkpoint_dir) / p)
+        candidates.append(Path.cwd() / p)
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return str(c.resolve())
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        tried = ", ".join(str(c) for c in candidates)
+        raise ModelLoadError(f"vision tower {name!r} not found (tried {tried}); pass --vision-tower PATH_OR_HUB_ID")
+    return name  # hub id
+
+
+def load_vision_tower(config: Any, checkpoint_dir: str | Path | None = None, override: str | None = None,
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VisionTower:
+    """Build the encoder named by the Libra config (weights from its own folder or hub repo)."""
+    from transformers import AutoConfig
+
+    from libra_cli.loading import hub_folder
+
+    name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
+    if not name:
+        raise ModelLoadError("config.json has no mm_vision_tower; pass --vision-tower PATH_OR_HUB_ID")
+    path = resolve_vision_tower_path(str(name), checkpoint_dir, override)
+    select_layer = _parse_select_layer(getattr(config, "mm_vision_select_layer", "all"))
+    select_feature = getattr(config, "mm_vision_select_feature", "patch") or "patch"
+    maira = bool(getattr(config, "use_maira_feature_norm", False))
+    if path.startswith("hf-hub:"):
+        from libra_cli.model.openclip import load_open_clip_tower
+
+        return load_open_clip_tower(path, select_layer, select_feature, dtype=dtype, device=device)
+    folder = hub_folder(path, allow_patterns=["*.json", "*.safetensors", "*.txt"], what="vision tower")
+    vcfg = AutoConfig.from_pretrained(folder)
+    model_cls = _vision_model_class(vcfg.model_type)
+    if model_cls is None:
+        raise ModelLoadError(f"unsupported vision tower type {vcfg.model_type!r} at {path}; use DINOv2, CLIP or SigLIP")
+    if hasattr(vcfg, "vision_config") and vcfg.model_type in ("clip", "siglip", "siglip2"):
+        vcfg = vcfg.vision_config
+    tower = model_cls.from_pretrained(folder, config=vcfg, dtype=dtype)
+    tower.requires_grad_(False)
+    tower.eval()
+    proc = ImageProcessorConfig.from_pretrained(folder)
+    return VisionTower(tower, proc, select_layer, select_feature, maira, name=str(name)).to(device)
+
+
+def _vision_model_class(model_type: str) -> Any:
+    import transformers as tf
+
+    return {
+        "dinov2": tf.Dinov2Model,
+        "dinov2_with_registers": getattr(tf, "Dinov2WithRegistersModel", None),
+        "clip": tf.CLIPVisionModel,
+        "clip_vision_model": tf.CLIPVisionModel,
+        "siglip": tf.SiglipVisionModel,
+        "siglip_vision_model": tf.SiglipVisionModel,
+    }.get(model_type)
