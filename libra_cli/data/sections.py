@@ -115,53 +115,38 @@ def normalize_header(raw: str) -> str:
     return name
 
 
-def split_sections(text: str) -> tuple[list[str], list[str], list[int]]:
-    """Split a report into (sections, names, start offsets), the MIMIC-CXR way.
+def split_sections(text: str) -> tuple[list[str], list[str]]:
+    """Split a report into (sections, names), the MIMIC-CXR way.
 
-    A section starts after a line ``" HEADER:"``; the search for the next header resumes one
-    line into the section (avoids bad parses). Text before the first header is 'preamble'; a
-    report without headers is one 'full report' section. Empty findings/impression sections are
-    dropped; when neither exists, the last section's trailing paragraphs become 'last_paragraph'.
+    A section starts after a line ``" HEADER:"`` and runs to the next such line; text before the
+    first header is 'preamble' (it keeps the header line's leading newline and space); a report
+    without headers is one 'full report' section. Empty findings/impression sections are dropped;
+    when neither exists, the last section's trailing paragraphs become 'last_paragraph'.
+
+    (The original resumes its header search one line into each section; every header match
+    starts with a newline, so that is the same as continuing from the end of the previous match,
+    which is what ``re.split`` does.)
     """
-    sections: list[str] = []
-    names: list[str] = []
-    starts: list[int] = []
-    m = _HEADER.search(text)
-    if m is None:
-        sections.append(text)
-        names.append("full report")
-        starts.append(0)
+    parts = _HEADER.split(text)
+    if len(parts) == 1:
+        sections = [text]
+        names = ["full report"]
     else:
-        sections.append(text[: m.start(1)])
-        names.append("preamble")
-        starts.append(0)
-        while m is not None:
-            header = m.group(1)
-            begin = m.end()
-            nl = text.find("\n", begin)
-            m = _HEADER.search(text, begin if nl == -1 else nl)
-            end = len(text) if m is None else m.start()
-            sections.append(text[begin:end])
-            names.append(header)
-            starts.append(begin)
-    names = [normalize_header(n) for n in names]
-
-    for i in range(len(names) - 1, -1, -1):
-        if names[i] in ("impression", "findings") and not sections[i].strip():
-            del sections[i], names[i], starts[i]
+        sections = parts[2::2]
+        sections.insert(0, parts[0] + "\n ")
+        names = [normalize_header(h) for h in parts[1::2]]
+        names.insert(0, "preamble")
+    if "findings" in names or "impression" in names:
+        for i in range(len(names) - 1, -1, -1):
+            if names[i] in ("impression", "findings") and not sections[i].strip():
+                del sections[i], names[i]
 
     if "impression" not in names and "findings" not in names and _PARAGRAPH in sections[-1]:
-        first, *rest = sections[-1].split(_PARAGRAPH)
+        first, rest = sections[-1].split(_PARAGRAPH, 1)
         sections[-1] = first
-        sections.append(_PARAGRAPH.join(rest))
+        sections.append(rest)
         names.append("last_paragraph")
-        starts.append(starts[-1] + len(first))
-    return sections, names, starts
-
-
-def _last(names: list[str], name: str) -> int:
-    """Index of the last section called ``name`` (the original's ``list_rindex``)."""
-    return len(names) - 1 - names[::-1].index(name)
+    return sections, names
 
 
 @dataclass
@@ -179,28 +164,22 @@ def section_study(study: str, text: str) -> StudyResult:
     if study in SPECIAL_SLICE:
         a, b = SPECIAL_SLICE[study]
         return StudyResult(study, text[a:b], None)
-    sections, names, _ = split_sections(text)
+    sections, names = split_sections(text)
+    last = {name: i for i, name in enumerate(names)}  # the *last* section of each name
     issues: list[str] = []
     if names[0] == "full report":
         issues.append("no section headers")
     if study in SPECIAL_SECTION:
         want = SPECIAL_SECTION[study]
-        if want in names:
-            return StudyResult(study, sections[_last(names, want)].strip(), None, issues)
+        if want in last:
+            return StudyResult(study, sections[last[want]].strip(), None, issues)
         # the original would crash here; keep going with the generic rule and say so
         issues.append(f"special-case section '{want}' not found")
-    main = ""
-    found = False
-    for name in SECTION_COLUMNS:
-        if name in names:
-            main = sections[_last(names, name)].strip()
-            found = True
-            break
-    if not found:
+    row: list[str | None] = [sections[last[n]].strip() if n in last else None for n in SECTION_COLUMNS]
+    main = next((cell for cell in row if cell is not None), None)
+    if main is None:
         issues.append("no usable section")
-    row: list[str | None] = [
-        sections[_last(names, name)].strip() if name in names else None for name in SECTION_COLUMNS
-    ]
+        main = ""
     return StudyResult(study, main, row, issues)
 
 

@@ -1,0 +1,297 @@
+"""Report generation: one function for single samples and batches (the CLI, batch and web UI call it).
+
+Inputs are left-padded; image features are scattered into the embeddings of each sample's own
+placeholders, so a sample's output does not depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from libra_cli.errors import InputError
+from libra_cli.images import load_and_preprocess
+from libra_cli.prompts import DEFAULT_QUERY, build_prompt, expand_image_tokens, strip_stop, tokenize_with_image
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings. ``temperature == 0`` means greedy (or beam search with ``num_beams > 1``).
+
+    ``no_repeat_ngram_size=None`` follows the original: 3 with beam search, off otherwise.
+    """
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int | None = None
+    num_return_sequences: int = 1
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be at least 1")
+        if self.temperature < 0:
+            raise InputError("--temperature must be >= 0 (0 = greedy)")
+        if self.num_beams < 1:
+            raise InputError("--num-beams must be at least 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError("--top-p must be in (0, 1]")
+        if self.num_return_sequences < 1:
+            raise InputError("--num-return-sequences must be at least 1")
+        if self.num_return_sequences > 1 and self.num_beams < self.num_return_sequences and self.temperature == 0:
+            raise InputError("--num-return-sequences > 1 needs --num-beams >= that number, or sampling (--temperature > 0)")
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``."""
+        kw: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+            "num_return_sequences": self.num_return_sequences,
+            "use_cache": True,
+        }
+        if self.do_sample:
+            kw["temperature"] = self.temperature
+            kw["top_p"] = self.top_p if self.top_p is not None else 1.0
+            kw["top_k"] = self.top_k if self.top_k is not None else 0
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        if self.num_beams > 1:
+            kw["length_penalty"] = self.length_penalty
+            kw["early_stopping"] = False
+        ngram = self.no_repeat_ngram_size
+        if ngram is None:
+            ngram = 3 if self.num_beams > 1 else 0
+        if ngram:
+            kw["no_repeat_ngram_size"] = ngram
+        if self.repetition_penalty:
+            kw["repetition_penalty"] = self.repetition_penalty
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["no_repeat_ngram_size"] = self.hf_kwargs().get("no_repeat_ngram_size", 0)
+        return d
+
+
+@dataclass
+class Sample:
+    """One request: current image, optional prior, the question and optional clinical context.
+
+    Images may be paths, URLs, bytes, PIL images, or already-preprocessed ``[3, H, W]`` arrays.
+    """
+
+    current: Any
+    prior: Any | None = None
+    query: str | None = None
+    context: str | None = None
+    id: str | None = None
+    history: list[tuple[str, str]] | None = None
+
+
+@dataclass
+class Candidate:
+    text: str
+    token_ids: list[int]
+    score: float | None = None
+
+
+@dataclass
+class Report:
+    """What the model wrote for one sample, with the data needed to reproduce it."""
+
+    text: str
+    prompt: str
+    token_ids: list[int]
+    candidates: list[Candidate]
+    prior_is_dummy: bool
+    settings: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+@dataclass
+class BatchInputs:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    prompts: list[str]
+    stop: str
+    prior_is_dummy: list[bool]
+
+
+def _pixels(image: Any, loaded: Any) -> np.ndarray:
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.float32:
+        return image
+    if isinstance(image, torch.Tensor) and image.dim() == 3:
+        return image.float().cpu().numpy()
+    return load_and_preprocess(image, loaded.image_processor, pad=loaded.pad_images)
+
+
+def prompt_ids(loaded: Any, sample: Sample) -> tuple[str, list[int], str]:
+    """Rendered prompt, its ids (one placeholder per image-feature vector) and the stop string."""
+    query = sample.query if sample.query is not None else _default_query(loaded)
+    if not query.strip():
+        raise InputError("empty prompt; give a question with --prompt or leave it out for the findings query")
+    text, stop = build_prompt(query, loaded.conv_mode, bool(getattr(loaded.config, "mm_use_im_start_end", False)),
+                              sample.context, sample.history)
+    ids = tokenize_with_image(text, loaded.tokenizer)
+    return text, expand_image_tokens(ids, loaded.num_image_tokens), stop
+
+
+def _default_query(loaded: Any) -> str:
+    from libra_cli.registry import lookup
+
+    known = lookup(loaded.name)
+    return known.default_query if known else DEFAULT_QUERY
+
+
+def prepare_batch(loaded: Any, samples: list[Sample]) -> BatchInputs:
+    """Tokenise, left-pad and preprocess a list of samples."""
+    rendered = [prompt_ids(loaded, s) for s in samples]
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    width = max(len(ids) for _, ids, _ in rendered)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for i, (_, ids, _) in enumerate(rendered):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids):] = 1
+    pix, dummy = [], []
+    for s in samples:
+        cur = _pixels(s.current, loaded)
+        prior_missing = s.prior is None or (isinstance(s.prior, str) and not s.prior.strip())
+        prior = cur if prior_missing else _pixels(s.prior, loaded)
+        pix.append(np.stack([cur, prior]))
+        dummy.append(prior_missing)
+    return BatchInputs(input_ids, mask, torch.from_numpy(np.stack(pix)), [r[0] for r in rendered],
+                       rendered[0][2], dummy)
+
+
+def _eos_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
+    tok = loaded.tokenizer
+    eos = tok.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    stop_strings = None
+    if stop and stop != tok.eos_token:
+        sid = tok.convert_tokens_to_ids(stop) if stop in tok.get_vocab() else None
+        if sid is not None and sid != tok.unk_token_id:
+            ids.append(int(sid))
+        elif stop.strip():
+            stop_strings = [stop]
+    return ids, stop_strings
+
+
+def generate(
+    loaded: Any,
+    samples: list[Sample],
+    settings: GenerationSettings | None = None,
+    streamer: Any = None,
+    image_features: torch.Tensor | None = None,
+) -> list[Report]:
+    """Generate one report per sample (a batch). ``image_features`` may be precomputed ``[B, P, H]``."""
+    settings = settings or GenerationSettings()
+    settings.validate()
+    model = loaded.model
+    t0 = time.perf_counter()
+    batch = prepare_batch(loaded, samples)
+    t_prep = time.perf_counter()
+    dev = model.get_input_embeddings().weight.device
+    with torch.inference_mode():
+        if image_features is None:
+            image_features = model.get_image_features(batch.pixel_values.to(dev, loaded.dtype))
+        t_enc = time.perf_counter()
+        eos_ids, stop_strings = _eos_ids(loaded, batch.stop)
+        kw = settings.hf_kwargs()
+        if stop_strings:
+            kw.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        out = model.generate(
+            input_ids=batch.input_ids.to(dev),
+            attention_mask=batch.attention_mask.to(dev),
+            image_features=image_features,
+            eos_token_id=eos_ids,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_scores=settings.num_return_sequences > 1,
+            streamer=streamer,
+            **kw,
+        )
+    t_gen = time.perf_counter()
+    seqs = out.sequences[:, batch.input_ids.shape[1]:].cpu()
+    scores = _sequence_scores(model, out, settings, seqs)
+    n = settings.num_return_sequences
+    reports = []
+    new_tokens = 0
+    for i, s in enumerate(samples):
+        cands = []
+        for j in range(n):
+            ids = _trim(seqs[i * n + j].tolist(), eos_ids, loaded.tokenizer.pad_token_id)
+            new_tokens += len(ids)
+            text = strip_stop(loaded.decode(ids), batch.stop)
+            cands.append(Candidate(text, ids, scores[i * n + j] if scores is not None else None))
+        reports.append(Report(text=cands[0].text, prompt=batch.prompts[i], token_ids=cands[0].token_ids,
+                              candidates=cands, prior_is_dummy=batch.prior_is_dummy[i], settings=settings.to_dict(),
+                              id=s.id))
+    timings = {
+        "preprocess_s": t_prep - t0,
+        "encode_s": t_enc - t_prep,
+        "generate_s": t_gen - t_enc,
+        "total_s": t_gen - t0,
+        "new_tokens": float(new_tokens),
+        "tokens_per_s": new_tokens / max(t_gen - t_enc, 1e-9),
+    }
+    for r in reports:
+        r.timings = dict(timings)
+    return reports
+
+
+def _trim(ids: list[int], eos_ids: list[int], pad_id: int | None) -> list[int]:
+    """Cut at the first EOS (kept, as generate returns it) and drop trailing padding."""
+    for k, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[: k + 1]
+    while ids and pad_id is not None and ids[-1] == pad_id:
+        ids = ids[:-1]
+    return ids
+
+
+def _sequence_scores(model: Any, out: Any, settings: GenerationSettings, seqs: torch.Tensor) -> list[float] | None:
+    if getattr(out, "sequences_scores", None) is not None:
+        return [float(x) for x in out.sequences_scores.cpu()]
+    if getattr(out, "scores", None):
+        trans = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).cpu()
+        trans = torch.where(torch.isfinite(trans), trans, torch.zeros_like(trans))
+        return [float(x) for x in trans.sum(-1)]
+    return None
+
+
+def generate_report(
+    loaded: Any,
+    current: Any,
+    prior: Any | None = None,
+    query: str | None = None,
+    context: str | None = None,
+    settings: GenerationSettings | None = None,
+    streamer: Any = None,
+    history: list[tuple[str, str]] | None = None,
+) -> Report:
+    """Generate the report for one study (current image, optional prior)."""
+    return generate(loaded, [Sample(current, prior, query, context, history=history)], settings, streamer)[0]
