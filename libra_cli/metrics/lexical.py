@@ -109,7 +109,7 @@ def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     for y in b:
         u = v & masks.get(y, 0)
         v = ((v + u) | (v - u)) & full
-    return len(a) - v.bit_count() if hasattr(v, "bit_count") else len(a) - bin(v).count("1")
+    return len(a) - v.bit_count()
 
 
 def rouge_l(reference: str, prediction: str) -> tuple[float, float, float]:

@@ -1,0 +1,159 @@
+"""Reading references and predictions: JSONL / JSON / CSV, matched by ``question_id``.
+
+Errors are :class:`InputError` lines that name the file, the line and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from libra_cli.errors import InputError
+
+# the original's order for the reference text; a prediction file's text is normally ``text``
+REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression", "text")
+PREDICTION_KEYS: tuple[str, ...] = ("prediction", "text", "answer", "findings", "impression")
+# in one file holding both, the reference must come from a field other than the prediction's
+COMBINED_REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression")
+COMBINED_PREDICTION_KEYS: tuple[str, ...] = ("prediction", "text", "answer")
+ID_KEYS: tuple[str, ...] = ("question_id", "id")
+
+
+@dataclass
+class Pairs:
+    """Aligned evaluation pairs (raw text, before cleaning), in the reference file's order."""
+
+    ids: list[str]
+    references: list[str]
+    predictions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _first_few(items: Iterable[Any], k: int = 5) -> str:
+    items = list(items)
+    head = ", ".join(repr(x) for x in items[:k])
+    return head + (", ..." if len(items) > k else "")
+
+
+def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for a ``.jsonl``, ``.json`` (list) or ``.csv`` file."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a JSONL, JSON or CSV file")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    if not text.strip():
+        raise InputError(f"{path} is empty; it needs one record per line with a question_id and a text")
+    if suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows:
+            raise InputError(f"{path} has a header but no rows")
+        return [(i + 2, dict(row)) for i, row in enumerate(rows)]
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file") from exc
+        out = []
+        for i, rec in enumerate(data):
+            if not isinstance(rec, dict):
+                raise InputError(f"{path}: item {i} is not an object; each item needs question_id and text fields")
+            out.append((i + 1, rec))
+        return out
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: malformed JSON ({exc.msg}); each line must be one JSON object") from exc
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        records.append((lineno, rec))
+    if not records:
+        raise InputError(f"{path} holds no records; it needs one JSON object per line")
+    return records
+
+
+def _pick(rec: dict[str, Any], keys: Sequence[str], path: Path, lineno: int, what: str) -> str:
+    for key in keys:
+        if key in rec and rec[key] is not None:
+            value = rec[key]
+            if isinstance(value, list):  # e.g. several generated texts: take the first
+                value = value[0] if value else ""
+            return str(value)
+    raise InputError(f"{path}:{lineno}: no {what} text (looked for {', '.join(keys)}); add one of these fields")
+
+
+def _id_of(rec: dict[str, Any], path: Path, lineno: int) -> str:
+    for key in ID_KEYS:
+        if key in rec and rec[key] is not None:
+            return str(rec[key])
+    raise InputError(f"{path}:{lineno}: no question_id; every record needs one to match references and predictions")
+
+
+def _index(path: Path, keys: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    dups: list[str] = []
+    for lineno, rec in read_records(path):
+        qid = _id_of(rec, path, lineno)
+        if qid in out:
+            dups.append(qid)
+        out[qid] = _pick(rec, keys, path, lineno, what)
+    if dups:
+        raise InputError(
+            f"{path}: {len(dups)} duplicate question_id(s) ({_first_few(dups)}); each id must appear once"
+        )
+    return out
+
+
+def load_pairs(references: Path, predictions: Path | None = None, allow_missing: bool = False) -> Pairs:
+    """Match references and predictions by id (reference order); one file holding both when ``predictions`` is None.
+
+    ``allow_missing`` evaluates only the ids present on both sides instead of failing.
+    """
+    if predictions is None:
+        refs: dict[str, str] = {}
+        preds: dict[str, str] = {}
+        seen: set[str] = set()
+        dups: list[str] = []
+        for lineno, rec in read_records(references):
+            qid = _id_of(rec, references, lineno)
+            if qid in seen:
+                dups.append(qid)
+            seen.add(qid)
+            refs[qid] = _pick(rec, COMBINED_REFERENCE_KEYS, references, lineno, "reference")
+            preds[qid] = _pick(rec, COMBINED_PREDICTION_KEYS, references, lineno, "prediction")
+        if dups:
+            raise InputError(f"{references}: {len(dups)} duplicate question_id(s) ({_first_few(dups)}); each id must appear once")
+        ids = list(refs)
+        return Pairs(ids, [refs[i] for i in ids], [preds[i] for i in ids])
+    refs = _index(references, REFERENCE_KEYS, "reference")
+    preds = _index(predictions, PREDICTION_KEYS, "prediction")
+    missing_pred = [i for i in refs if i not in preds]
+    missing_ref = [i for i in preds if i not in refs]
+    if (missing_pred or missing_ref) and not allow_missing:
+        parts = []
+        if missing_pred:
+            parts.append(f"{len(missing_pred)} reference id(s) have no prediction ({_first_few(missing_pred)})")
+        if missing_ref:
+            parts.append(f"{len(missing_ref)} prediction id(s) have no reference ({_first_few(missing_ref)})")
+        raise InputError(
+            f"{references.name} and {predictions.name} do not match: " + "; ".join(parts)
+            + "; pass matching files, or --allow-missing to score only the shared ids"
+        )
+    ids = [i for i in refs if i in preds]
+    if not ids:
+        raise InputError(f"{references.name} and {predictions.name} share no question_id; check that they belong together")
+    return Pairs(ids, [refs[i] for i in ids], [preds[i] for i in ids])
