@@ -101,7 +101,7 @@ def _score(
             values["METEOR"] = float(np.mean(per))
             samples.means["METEOR"] = per
         elif group == "rouge":
-            per = np.array([lexical.rouge_l(r, p)[2] for r, p in zip(refs, preds)], dtype=np.float64)
+            per = np.array([lexical.rouge_l(r, p)[2] for r, p in zip(refs, preds, strict=False)], dtype=np.float64)
             values["ROUGE-L"] = float(np.mean(per)) if rouge_seed is None else lexical.rouge_bootstrap_median(per, rouge_seed)
             samples.means["ROUGE-L"] = per
         elif group == "temporal":

@@ -49,7 +49,7 @@ def bleu_stats(references: Sequence[str], predictions: Sequence[str], max_order:
     possible = np.zeros((n, max_order), dtype=np.int64)
     hyp_len = np.zeros(n, dtype=np.int64)
     ref_len = np.zeros(n, dtype=np.int64)
-    for i, (ref, hyp) in enumerate(zip(references, predictions)):
+    for i, (ref, hyp) in enumerate(zip(references, predictions, strict=False)):
         r = tok(ref).split()
         h = tok(hyp).split()
         hyp_len[i] = len(h)
@@ -57,11 +57,11 @@ def bleu_stats(references: Sequence[str], predictions: Sequence[str], max_order:
         for k in range(1, max_order + 1):
             if len(h) < k:
                 break
-            hc = Counter(zip(*(h[j:] for j in range(k)))) if k > 1 else Counter(h)
+            hc = Counter(zip(*(h[j:] for j in range(k)), strict=False)) if k > 1 else Counter(h)
             possible[i, k - 1] = len(h) - k + 1
             if len(r) < k:
                 continue
-            rc = Counter(zip(*(r[j:] for j in range(k)))) if k > 1 else Counter(r)
+            rc = Counter(zip(*(r[j:] for j in range(k)), strict=False)) if k > 1 else Counter(r)
             matches[i, k - 1] = sum(min(c, rc[g]) for g, c in hc.items() if g in rc)
     return BleuStats(matches, possible, hyp_len, ref_len)
 
@@ -171,7 +171,7 @@ def temporal_f1_score(references: Sequence[str], predictions: Sequence[str]) -> 
     """Same return shape as the original ``temporal_f1_score``: mean ``f1`` plus the entity sets."""
     ref_sets = [temporal_entities(r) for r in references]
     pred_sets = [temporal_entities(p) for p in predictions]
-    scores = [temporal_f1_pair(r, p) for r, p in zip(ref_sets, pred_sets)]
+    scores = [temporal_f1_pair(r, p) for r, p in zip(ref_sets, pred_sets, strict=False)]
     return {
         "f1": float(np.mean(scores)) if scores else 0.0,
         "scores": scores,
@@ -329,7 +329,7 @@ class Meteor:
         recall = float(m) / len(ref_words)
         fmean = (precision * recall) / (self.alpha * precision + (1 - self.alpha) * recall)
         chunks = 1
-        for a, b in zip(matches, matches[1:]):
+        for a, b in zip(matches, matches[1:], strict=False):
             if not (b[0] == a[0] + 1 and b[1] == a[1] + 1):
                 chunks += 1
         frag = float(chunks) / m
@@ -379,4 +379,4 @@ def load_wordnet() -> Any:
 def meteor_scores(references: Sequence[str], predictions: Sequence[str], meteor: Meteor | None = None) -> list[float]:
     """Per-pair METEOR (evaluate reports their mean)."""
     m = meteor or Meteor()
-    return [m.score(r, p) for r, p in zip(references, predictions)]
+    return [m.score(r, p) for r, p in zip(references, predictions, strict=False)]

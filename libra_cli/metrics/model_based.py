@@ -97,8 +97,8 @@ def radgraph_scores(
             "e.g. `python -c \"from radgraph import F1RadGraph; F1RadGraph(reward_level='all')\"`"
         ) from exc
     names = ("RG_E", "RG_ER", "RG_ER_bar")
-    means = {n: float(v) for n, v in zip(names, mean_reward)}
-    per = {n: [float(x) for x in v] for n, v in zip(names, reward_list)}
+    means = {n: float(v) for n, v in zip(names, mean_reward, strict=False)}
+    per = {n: [float(x) for x in v] for n, v in zip(names, reward_list, strict=False)}
     return means, per
 
 
