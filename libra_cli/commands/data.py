@@ -80,7 +80,7 @@ def pair_priors(
 def extract_sections(
     reports_dir: Annotated[Path, typer.Argument(help="Unzipped mimic-cxr-reports 'files' folder (pNN/pSUBJECT/sSTUDY.txt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for mimic_cxr_sectioned.csv and mimic_cxr_NN.csv.")],
-    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Worker processes (default: CPU count).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per CPU).")] = 0,
     no_split: Annotated[bool, typer.Option("--no-split", help="Write one mimic_cxr_sections.csv instead of 10,000-row chunks.")] = False,
 ) -> None:
     """Split free-text reports into sections (MIMIC-CXR scripts with Libra's customisation)."""
