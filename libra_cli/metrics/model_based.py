@@ -17,7 +17,11 @@ from libra_cli.errors import InputError
 BERTSCORE_MODEL = "distilbert-base-uncased"
 BERTSCORE_LAYERS = 5  # bert-score's default layer for distilbert-base-uncased
 BERTSCORE_FILES = "config.json, vocab.txt, tokenizer_config.json and model.safetensors (or pytorch_model.bin)"
-INSTALL_HINT = "pip install 'libra-cli[metrics-model]'"
+INSTALL_HINTS = {
+    "bert_score": "pip install bert-score (part of the metrics-model extra)",
+    "radgraph": "pip install radgraph requests (part of the metrics-model extra)",
+    "f1chexbert": "pip install f1chexbert",
+}
 
 
 def _offline() -> bool:
@@ -30,7 +34,7 @@ def _import(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise InputError(f"{what} needs the `{module}` package, which is not installed ({exc}); run: {INSTALL_HINT}") from exc
+        raise InputError(f"{what} needs the `{module}` package, which is not installed ({exc}); run: {INSTALL_HINTS.get(module, 'pip install ' + module)}") from exc
 
 
 def resolve_bertscore_model(model: str | None) -> tuple[str, bool]:
