@@ -6,6 +6,7 @@ Errors are :class:`InputError` lines that name the file, the line and what to do
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -55,10 +56,16 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not text.strip():
         raise InputError(f"{path} is empty; it needs one record per line with a question_id and a text")
     if suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # keeps newlines inside quoted fields
+        rows = []
+        try:
+            for row in reader:
+                rows.append((reader.line_num, dict(row)))
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num}: malformed CSV ({exc}); fix the file") from exc
         if not rows:
             raise InputError(f"{path} has a header but no rows")
-        return [(i + 2, dict(row)) for i, row in enumerate(rows)]
+        return rows
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
