@@ -1,0 +1,179 @@
+"""``libra batch``: answers for a whole questions file / dataset (thin layer over ``libra_cli.batch``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from libra_cli.commands import common as c
+from libra_cli.errors import InputError
+
+IN = "Input"
+RUN = "Run"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch")(batch)
+
+
+def batch(
+    input: Annotated[str | None, typer.Argument(help="Questions JSONL (spec §7), CSV, parquet file or dataset folder.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
+    model: c.ModelOpt = "X-iZhang/libra-v1.0-7b",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset (hub name, folder or parquet), e.g. X-iZhang/MIMIC-CXR-RRG.", rich_help_panel=IN)] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Dataset config, e.g. findings_section.", rich_help_panel=IN)] = None,
+    split: Annotated[str, typer.Option("--split", help="Dataset split.", rich_help_panel=IN)] = "test",
+    image_folder: Annotated[str | None, typer.Option("--image-folder", help="Folder that relative image paths are under (default: the input file's folder).", rich_help_panel=IN)] = None,
+    image_column: Annotated[str, typer.Option("--image-column", help="Current-image column (CSV / dataset).", rich_help_panel=IN)] = "main_image",
+    prior_column: Annotated[str, typer.Option("--prior-column", help="Prior-image column; empty cells use the current image (dummy prior).", rich_help_panel=IN)] = "prior_image",
+    prompt_column: Annotated[str, typer.Option("--prompt-column", help="Prompt column (missing or empty: the model's findings query).", rich_help_panel=IN)] = "default_prompt",
+    id_column: Annotated[str | None, typer.Option("--id-column", help="question_id column (default: question_id or id, else the row number).", rich_help_panel=IN)] = None,
+    context_column: Annotated[str | None, typer.Option("--context-column", help="Clinical-context column appended to the prompt (e.g. indication).", rich_help_panel=IN)] = None,
+    reference_column: Annotated[str | None, typer.Option("--reference-column", help="Reference-report column, copied to metadata.reference.", rich_help_panel=IN)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N samples (a quick look).", min=1, rich_help_panel=IN)] = None,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Samples per batch, or auto (GPU: largest that fits; CPU: 16).", rich_help_panel=RUN)] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="Background image decoding threads (0 = decode in the main thread).", min=0, rich_help_panel=RUN)] = 2,
+    cache_mb: Annotated[int, typer.Option("--cache-mb", help="Memory for encoder outputs of images shared by several samples.", min=0, rich_help_panel=RUN)] = 2048,
+    num_shards: Annotated[int | None, typer.Option("--num-shards", help="Split the work into N shards (default: WORLD_SIZE under accelerate/torchrun, else 1).", min=1, rich_help_panel=RUN)] = None,
+    shard: Annotated[int | None, typer.Option("--shard", help="This process's shard, 0..N-1 (default: RANK).", min=0, rich_help_panel=RUN)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming from --out.", rich_help_panel=RUN)] = False,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="model_id written in the answers (default: the model folder name).", rich_help_panel=RUN)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.", rich_help_panel=RUN)] = False,
+    model_base: c.ModelBaseOpt = None,
+    vision_tower: c.VisionTowerOpt = None,
+    conv_mode: c.ConvModeOpt = None,
+    dtype: c.DtypeOpt = "auto",
+    device: c.DeviceOpt = "auto",
+    attn: c.AttnOpt = "auto",
+    load_4bit: c.Load4Opt = False,
+    load_8bit: c.Load8Opt = False,
+    max_new_tokens: c.MaxNewOpt = 512,
+    temperature: c.TempOpt = 0.0,
+    top_p: c.TopPOpt = None,
+    top_k: c.TopKOpt = None,
+    seed: c.SeedOpt = None,
+    num_beams: c.BeamsOpt = 1,
+    length_penalty: c.LenPenOpt = 1.0,
+    no_repeat_ngram_size: c.NgramOpt = None,
+    num_return_sequences: c.NRetOpt = 1,
+    repetition_penalty: c.RepPenOpt = None,
+) -> None:
+    """Generate reports for every sample of a questions file or dataset: batched, resumable, sharded."""
+    from rich.console import Console
+
+    from libra_cli import batch as b
+
+    err = Console(stderr=True)
+    bs: int | str = batch_size
+    if batch_size != "auto":
+        if not batch_size.isdigit() or int(batch_size) < 1:
+            raise InputError(f"--batch-size must be a positive number or auto (got {batch_size!r})")
+        bs = int(batch_size)
+    env_n, env_k = b.shard_from_env()
+    n = num_shards if num_shards is not None else env_n
+    k = shard if shard is not None else (env_k if num_shards is None else 0)
+    if not 0 <= k < n:
+        raise InputError(f"--shard must be in 0..{n - 1} (got {k})")
+    gen = c.settings(max_new_tokens, temperature, top_p, top_k, seed, num_beams, length_penalty,
+                     no_repeat_ngram_size, num_return_sequences, repetition_penalty)
+    cols = b.Columns(image=image_column, prior=prior_column or None, prompt=prompt_column or None, id=id_column,
+                     context=context_column, reference=reference_column)
+    items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
+                                 cols=cols)
+    if limit is not None:
+        cut = items[limit - 1].index if len(items) >= limit else None
+        items = items[:limit]
+        errors = [e for e in errors if cut is None or e.index <= cut]
+    if not items and not errors:
+        raise InputError("the input holds no samples")
+    if n > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per process, the whole model on it
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', k)) % torch.cuda.device_count()}"
+            os.environ["LIBRA_NO_DEVICE_MAP"] = "1"
+    loaded = c.load(model, model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
+    progress = _Progress(err, quiet)
+    runner = b.BatchRunner(loaded, gen, batch_size=bs, workers=workers, cache_mb=cache_mb, model_id=model_id,
+                           on_batch=progress.advance)
+    try:
+        stats = b.run_batch(runner, items, errors, out, num_shards=n, shard=k, overwrite=overwrite,
+                            on_start=progress.start)
+    finally:
+        progress.stop()
+    if not quiet:
+        _summary(err, stats, n, k)
+    if stats.failed:
+        raise typer.Exit(b.EXIT_SAMPLES_FAILED)
+
+
+class _Progress:
+    """Rich progress bar with samples/s, tokens/s and ETA."""
+
+    def __init__(self, console: object, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.bar = None
+        self.task = None
+        self.tokens = 0
+        self.t0 = 0.0
+
+    def start(self, total: int) -> None:
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.t0 = time.perf_counter()
+        if self.quiet:
+            return
+        self.bar = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), console=self.console, transient=False)
+        self.task = self.bar.add_task("gen", total=total, rate="")
+        self.bar.start()
+
+    def advance(self, n: int, tokens: int) -> None:
+        import time
+
+        self.tokens += tokens
+        if self.bar is None:
+            return
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        done = self.bar.tasks[0].completed + n
+        self.bar.update(self.task, advance=n, rate=f"{done / dt:.2f} samples/s {self.tokens / dt:.0f} tok/s")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary(console, stats, n: int, k: int) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    t = Table(title="libra batch" + (f" (shard {k} of {n})" if n > 1 else ""), show_header=False)
+    rows = [
+        ("samples", str(stats.total)),
+        ("answered now", str(stats.answered)),
+        ("already done (resumed)", str(stats.resumed)),
+        ("failed", f"{stats.failed} (see {stats.errors_out})" if stats.failed else "0"),
+        ("batch size", str(stats.batch_size)),
+        ("wall time", f"{stats.wall_s:.1f} s"),
+        ("samples/s", f"{stats.samples_per_s:.2f}"),
+        ("tokens/s", f"{stats.tokens_per_s:.1f}"),
+        ("model waited for images", f"{100 * stats.image_wait_fraction:.1f}% of the time"),
+        ("images encoded / cache hits", f"{stats.encoded_images} / {stats.cache_hits}"),
+        ("answers", stats.out if stats.merged is not False else f"{stats.out} (merged when every shard is done)"),
+    ]
+    for a, v in rows:
+        t.add_row(a, v)
+    console.print(t)
