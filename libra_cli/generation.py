@@ -152,7 +152,7 @@ def prompt_ids(loaded: Any, sample: Sample) -> tuple[str, list[int], str]:
         raise InputError("empty prompt; give a question with --prompt or leave it out for the findings query")
     text, stop = build_prompt(query, loaded.conv_mode, bool(getattr(loaded.config, "mm_use_im_start_end", False)),
                               sample.context, sample.history)
-    ids = tokenize_with_image(text, loaded.tokenizer)
+    ids = tokenize_with_image(text, loaded.tokenizer, encode=loaded.encode)
     return text, expand_image_tokens(ids, loaded.num_image_tokens), stop
 
 

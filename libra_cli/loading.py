@@ -211,13 +211,19 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
-    spm_decoder: Any = None
+    codec: Any = None
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text, skipping special tokens, as the original (slow, SentencePiece) tokenizer did."""
-        if self.spm_decoder is not None:
-            return self.spm_decoder(ids)
+        if self.codec is not None:
+            return self.codec.decode(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids (with BOS), as the original (slow) tokenizer."""
+        if self.codec is not None:
+            return self.codec.encode(text)
+        return list(self.tokenizer(text).input_ids)
 
     @property
     def config(self) -> Any:
@@ -326,7 +332,7 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
 
-    spm_decoder = SpmDecoder.for_folder(tok_folder, tokenizer)
+    codec = SpmCodec.for_folder(tok_folder, tokenizer)
     chosen = registry.default_conv_mode(model, config)
     if conv_mode and conv_mode != chosen:
         prompts.get_template(conv_mode)  # validates the name
@@ -339,41 +345,95 @@ def load_model(
         folder=folder, kind=kind, device=str(emb_dev), dtype=torch_dtype,
         load_seconds=time.perf_counter() - t0,
         info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name},
-        spm_decoder=spm_decoder,
+        codec=codec,
     )
 
 
-class SpmDecoder:
-    """Decode like the original's slow Llama tokenizer (SentencePiece), not the fast one.
+class SpmCodec:
+    """Encode and decode exactly like the original's slow Llama tokenizer (SentencePiece).
 
-    They differ on byte-fallback tokens: for ``<0x3E><0xB8>`` SentencePiece gives ``'>\ufffd'``,
-    the ``tokenizers`` ByteFallback decoder ``'\ufffd\ufffd'``; the published text is the former.
+    The original loaded tokenizers with ``use_fast=False``. transformers 5's tokenizers differ
+    from it on runs of spaces (``"  two"``: the fast one merges them) and on byte-fallback
+    decoding (``<0x3E><0xB8>`` -> ``'>\ufffd'`` in SentencePiece, ``'\ufffd\ufffd'`` in the
+    ``tokenizers`` ByteFallback decoder). Both change published numbers, so for SentencePiece
+    Llama tokenizers this re-implements the slow ``LlamaTokenizer`` (legacy and non-legacy).
     """
 
-    def __init__(self, model_file: str, tokenizer: Any) -> None:
+    def __init__(self, model_file: str, tokenizer: Any, legacy: bool, add_prefix_space: bool,
+                 add_bos: bool = True, add_eos: bool = False) -> None:
         import sentencepiece as spm
 
-        self.sp = spm.SentencePieceProcessor(model_file=model_file)
-        self.size = self.sp.get_piece_size()
         self.tokenizer = tokenizer
+        self.legacy = legacy
+        self.add_prefix_space = add_prefix_space
+        proto = Path(model_file).read_bytes()
+        if not legacy:  # the slow tokenizer disables the dummy prefix and adds its own
+            from sentencepiece import sentencepiece_model_pb2 as pb
+
+            m = pb.ModelProto()
+            m.ParseFromString(proto)
+            m.normalizer_spec.add_dummy_prefix = False
+            proto = m.SerializeToString()
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.size = self.sp.get_piece_size()
         self.special = set(tokenizer.all_special_ids)
+        self.added = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
+        self.special_tokens = set(tokenizer.all_special_tokens)
+        unk = tokenizer.unk_token or "<unk>"
+        self.unk = unk
+        self.unk_len = len(self.sp.encode(unk, out_type=str))
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        pattern = "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True))
+        self.split_re = re.compile(f"({pattern})") if pattern else None
 
     @classmethod
-    def for_folder(cls, folder: str, tokenizer: Any) -> SpmDecoder | None:
+    def for_folder(cls, folder: str, tokenizer: Any) -> SpmCodec | None:
         f = Path(folder) / "tokenizer.model"
         if not f.is_file() or "llama" not in type(tokenizer).__name__.lower():
             return None
+        cfg_file = Path(folder) / "tokenizer_config.json"
+        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        legacy = cfg.get("legacy")
         try:
-            return cls(str(f), tokenizer)
-        except Exception:  # noqa: BLE001 - not a SentencePiece model: use the tokenizer's own decoder
+            return cls(str(f), tokenizer, legacy is not False, bool(cfg.get("add_prefix_space", True)),
+                       bool(cfg.get("add_bos_token", True)), bool(cfg.get("add_eos_token", False)))
+        except Exception:  # noqa: BLE001 - not a usable SentencePiece model: keep the tokenizer's own codec
             return None
 
-    def __call__(self, ids: list[int]) -> str:
+    def _tokenize(self, text: str) -> list[str]:
+        if self.legacy or not text.startswith(("\u2581", " ")):
+            return self.sp.encode(text, out_type=str)
+        tokens = self.sp.encode(self.unk + text, out_type=str)
+        return tokens[self.unk_len:] if len(tokens) >= self.unk_len else tokens
+
+    def encode(self, text: str) -> list[int]:
+        tokens: list[str] = []
+        if text:
+            if not self.legacy:
+                text = text.replace("\u2581", " ")
+                if self.add_prefix_space:
+                    text = "\u2581" + text
+            parts = self.split_re.split(text) if self.split_re else [text]
+            for part in parts:
+                if not part:
+                    continue
+                tokens.extend([part] if part in self.added else self._tokenize(part))
+            if not self.legacy and len(tokens) > 1 and tokens[0] == "\u2581" and tokens[1] in self.special_tokens:
+                tokens = tokens[1:]
+        ids = [self.added[t] if t in self.added else self.sp.piece_to_id(t) for t in tokens]
+        if self.add_bos and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        if self.add_eos and self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
         out, run = "", []
         for t in ids:
             if t in self.special:
                 continue
-            if 0 <= t < self.size:
+            if 0 <= t < self.size and t not in self.added.values():
                 run.append(t)
             else:  # added tokens live outside the SentencePiece vocabulary
                 out += self.sp.decode(run) + (self.tokenizer.convert_ids_to_tokens(t) or "")

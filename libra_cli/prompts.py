@@ -165,13 +165,16 @@ def build_prompt(
     return conv.render(), conv.stop_string
 
 
-def tokenize_with_image(prompt: str, tokenizer: Any, image_token_index: int = IMAGE_TOKEN_INDEX) -> list[int]:
+def tokenize_with_image(prompt: str, tokenizer: Any, image_token_index: int = IMAGE_TOKEN_INDEX,
+                        encode: Any = None) -> list[int]:
     """Tokenise around ``<image>`` exactly as the original ``tokenizer_image_token``.
 
     Every chunk is tokenised with the tokenizer's BOS; if the first chunk starts with BOS, it is
-    kept once and the first token of every later chunk is dropped.
+    kept once and the first token of every later chunk is dropped. ``encode`` (text -> ids with
+    BOS) overrides the tokenizer: pass ``LoadedModel.encode`` for the original's slow-tokenizer ids.
     """
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_TOKEN)]
+    enc = encode or (lambda text: list(tokenizer(text).input_ids))
+    chunks = [enc(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
     ids: list[int] = []
     offset = 0
     bos = getattr(tokenizer, "bos_token_id", None)

@@ -49,7 +49,7 @@ def infer(
     from libra_cli.images import load_image
     from libra_cli.streaming import TerminalStreamer
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     gen = c.settings(max_new_tokens, temperature, top_p, top_k, seed, num_beams, length_penalty,
                      no_repeat_ngram_size, num_return_sequences, repetition_penalty)
     cur_img = load_image(current)  # fail fast on a bad image, before loading the model
