@@ -7,3 +7,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q ${LIBRA_TORCH:-torch==2.13.0}
 $PY -m pip install -q -e ".[dev]"
+# Browser for the end-to-end web test (tests/test_serve_e2e.py): Debian's chromium, driven by Playwright's
+# Python package with executable_path (never Playwright's own browser download). Skipped when already present.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
