@@ -1,0 +1,104 @@
+"""``libra train align`` / ``libra train finetune``: the two-stage recipe (logic in ``libra_cli.training``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from libra_cli.errors import InputError
+
+train_app = typer.Typer(help="Train Libra: stage 1 align (connector only), stage 2 finetune (LoRA).",
+                        no_args_is_help=True)
+
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML (or a name in recipes/: libra7b, libra3b, tiny-cpu).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: --set learning_rate=1e-4 (repeatable).")]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output folder (recipe output_dir).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume from the latest checkpoint-N in the output folder.")]
+ResumeFromOpt = Annotated[str | None, typer.Option("--resume-from", help="Resume from this checkpoint folder.")]
+DistOpt = Annotated[str | None, typer.Option("--distributed", help="Launch on several GPUs with a preset: ddp | zero2 | zero3 | fsdp.")]
+NProcOpt = Annotated[int | None, typer.Option("--num-processes", help="GPUs for --distributed (default: all visible).")]
+DryOpt = Annotated[bool, typer.Option("--dry-run", help="Check the recipe and the data, print the resolved recipe, load no model.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+
+
+@train_app.command("align")
+def align(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+          resume_from: ResumeFromOpt = None, distributed: DistOpt = None, num_processes: NProcOpt = None,
+          dry_run: DryOpt = False) -> None:
+    """Stage 1: train the connector (encoder and LLM frozen); writes mm_projector.bin per checkpoint."""
+    _run("align", recipe, set_, out, resume, resume_from, distributed, num_processes, dry_run)
+
+
+@train_app.command("finetune")
+def finetune(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+             resume_from: ResumeFromOpt = None, distributed: DistOpt = None, num_processes: NProcOpt = None,
+             dry_run: DryOpt = False) -> None:
+    """Stage 2: LoRA fine-tune of the LLM; writes the original LoRA layout (load with --model-base)."""
+    _run("finetune", recipe, set_, out, resume, resume_from, distributed, num_processes, dry_run)
+
+
+def _run(stage: str, recipe_path: str, sets: list[str] | None, out: str | None, resume: bool,
+         resume_from: str | None, distributed: str | None, num_processes: int | None, dry_run: bool) -> None:
+    import yaml
+    from rich.console import Console
+
+    from libra_cli.training.recipe import load_recipe, parse_overrides
+
+    err = Console(stderr=True)
+    overrides = parse_overrides(sets)
+    if out:
+        overrides["output_dir"] = out
+    if distributed:
+        overrides["distributed"] = distributed
+    recipe = load_recipe(recipe_path, stage, overrides)
+    from libra_cli.training.trainer import prepare_data, resolve_resume
+
+    train_records, eval_records = prepare_data(recipe)  # data errors before any model loads
+    ckpt = resolve_resume(resume_from or resume, recipe.output_dir)
+    if dry_run:
+        typer.echo(yaml.safe_dump({"stage": stage, **recipe.to_dict()}, sort_keys=False).rstrip())
+        err.print(f"[dim]{len(train_records)} training records"
+                  + (f", {len(eval_records)} validation records" if eval_records else "") + "[/]")
+        return
+    if recipe.distributed != "none" and "LOCAL_RANK" not in os.environ:
+        _launch(recipe.distributed, num_processes)
+        return
+    from libra_cli.training.trainer import train
+
+    res = train(recipe, stage, resume=ckpt)
+    first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
+    err.print(f"[green]done:[/] {res.global_step} steps in {res.seconds:.0f}s, loss {first:.4f} -> {last:.4f}, "
+              f"{res.trainable:,} of {res.total:,} parameters trained"
+              + (f", {res.tokens_per_s:.0f} tokens/s" if res.tokens_per_s else "")
+              + (f"; {res.truncated} samples truncated to model_max_length" if res.truncated else ""))
+    typer.echo(res.output_dir)
+
+
+def _launch(preset: str, num_processes: int | None) -> None:
+    """Re-run this command under ``accelerate launch`` with a preset from recipes/accelerate/."""
+    cfg = preset_path(preset)
+    if shutil.which("accelerate") is None:
+        raise InputError("--distributed needs accelerate's launcher (pip install accelerate)")
+    cmd = ["accelerate", "launch", "--config_file", str(cfg)]
+    if num_processes:
+        cmd += ["--num_processes", str(num_processes)]
+    cmd += ["-m", "libra_cli", *sys.argv[1:]]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def preset_path(preset: str) -> Path:
+    """recipes/accelerate/<preset>.yaml (from the working dir or the source tree)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        p = root / "recipes" / "accelerate" / f"{preset}.yaml"
+        if p.is_file():
+            return p
+    raise InputError(f"no accelerate preset {preset!r} (recipes/accelerate/{preset}.yaml); use ddp, zero2, zero3 or fsdp")

@@ -1,0 +1,483 @@
+"""The two training stages on transformers' ``Trainer`` (so DDP / DeepSpeed / FSDP come from accelerate).
+
+Stage 1 (``align``): encoder and LLM frozen, only the connector learns; every checkpoint holds
+``mm_projector.bin`` (keys ``model.mm_projector.*``) + ``config.json`` (spec §6).
+Stage 2 (``finetune``): PEFT LoRA on every ``nn.Linear`` of the text model (not ``lm_head``, the
+connector or the encoder); the connector is frozen or trained on its own learning rate; every
+checkpoint holds ``adapter_config.json`` + adapter weights, ``non_lora_trainables.bin`` (keys
+``base_model.model.*``) and ``config.json``: the layout ``libra_cli.loading.load_model(out,
+model_base=base)`` reads. Each checkpoint also carries the resolved ``recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.training.recipe import Recipe, save_recipe
+
+CONNECTOR = "model.mm_projector."
+
+
+# ---------------------------------------------------------------------- model
+@dataclass
+class Built:
+    model: Any  # the Libra LM (LoRA-wrapped in stage 2)
+    base: Any  # the Libra LM itself
+    tokenizer: Any
+    processor: Any
+    config: Any
+    folder: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _libra_config(folder: str, recipe: Recipe) -> Any:
+    """The Libra config of ``folder``; a plain LLM config gets the multimodal fields of the recipe."""
+    from transformers import AutoConfig
+
+    from libra_cli.model import modeling
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read {folder}/config.json: {exc}") from exc
+    if config.model_type in modeling.BACKBONES:
+        if recipe.vision_tower:
+            config.mm_vision_tower = recipe.vision_tower
+        return config
+    if config.model_type not in modeling.BASE_TO_LIBRA:
+        raise ModelLoadError(f"{folder}: model_type {config.model_type!r} is neither a Libra model nor a supported LLM")
+    if not recipe.vision_tower:
+        raise InputError(f"{folder} is a plain LLM; set vision_tower (e.g. microsoft/rad-dino) in the recipe")
+    libra_type = modeling.BASE_TO_LIBRA[config.model_type]
+    cfg = modeling.BACKBONES[libra_type][0](**config.to_dict())
+    from libra_cli.loading import hub_folder
+
+    tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"))
+    tower_cfg = getattr(tower_cfg, "vision_config", tower_cfg)
+    cfg.architectures = [modeling.BACKBONES[libra_type][1].__name__]
+    mm = dict(mm_vision_tower=recipe.vision_tower, mm_projector_type=recipe.mm_projector_type,
+              mm_hidden_size=tower_cfg.hidden_size, mm_vision_select_layer=recipe.mm_vision_select_layer,
+              mm_vision_select_feature="patch", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+              image_aspect_ratio="pad", tokenizer_padding_side="right", use_mm_proj=True)
+    for k, v in mm.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _projector_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("mm_projector.bin", "mm_tac_projector.bin"):
+            if (p / name).is_file():
+                return p / name
+        raise InputError(f"pretrain_mm_mlp_adapter: {p} holds no mm_projector.bin or mm_tac_projector.bin")
+    if not p.is_file():
+        raise InputError(f"pretrain_mm_mlp_adapter: {p} not found; give mm_projector.bin / mm_tac_projector.bin or its folder")
+    return p
+
+
+def lora_target_regex(model: Any) -> str:
+    """A PEFT target regex naming every ``nn.Linear`` of the text model (not lm_head, connector, encoder)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    keep = [n for n in names if n != "lm_head" and not n.startswith(("model.mm_projector", "model.vision_tower"))]
+    if not keep:
+        raise InputError("no nn.Linear found in the text model for LoRA")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in keep})
+    pattern = rf"^model\.(?!mm_projector\.|vision_tower\.).*\.({'|'.join(map(re.escape, leaves))})$"
+    chosen = [n for n in names if re.fullmatch(pattern, n)]
+    if sorted(chosen) != sorted(keep):  # pragma: no cover - a leaf name shared with a top-level module
+        pattern = "^(" + "|".join(map(re.escape, keep)) + ")$"
+    return pattern
+
+
+def build_model(recipe: Recipe, stage: str) -> Built:
+    """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
+    from transformers import AutoTokenizer
+
+    from libra_cli.loading import checkpoint_keys, hub_folder, load_bin, load_projector, quiet_transformers
+    from libra_cli.model import modeling
+    from libra_cli.model.encoders import load_vision_tower
+
+    quiet_transformers()
+    folder = hub_folder(recipe.model_name_or_path, what="model")
+    config = _libra_config(folder, recipe)
+    config.use_cache = False
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[recipe.dtype]
+    attn = recipe.attn_implementation
+    if attn == "auto":
+        from libra_cli.loading import resolve_attention
+
+        attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
+    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn}
+    if any(re.match(r"model\.mm_projector\.\d+\.", k) for k in checkpoint_keys(folder)):
+        kw["key_mapping"] = {r"^model\.mm_projector\.(\d+)\.": r"model.mm_projector.projector.\1."}
+    model_cls = modeling.BACKBONES[config.model_type][1]
+    try:
+        lm = model_cls.from_pretrained(folder, config=config, **kw)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load weights from {folder}: {exc}") from exc
+    if recipe.pretrain_mm_mlp_adapter:
+        load_projector(lm, load_bin(_projector_file(recipe.pretrain_mm_mlp_adapter)))
+    tower = load_vision_tower(config, checkpoint_dir=folder, override=recipe.vision_tower, dtype=dtype)
+    lm.set_vision_tower(tower)
+    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=recipe.model_max_length,
+                                              padding_side=recipe.padding_side)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+
+    lm.requires_grad_(False)
+    model = lm
+    if stage == "align":
+        lm.model.mm_projector.requires_grad_(True)
+        config.tune_mm_mlp_adapter = True
+    else:
+        if not recipe.freeze_mm_mlp_adapter:
+            lm.model.mm_projector.requires_grad_(True)
+        config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
+        config.mm_projector_lr = recipe.mm_projector_lr
+        if recipe.lora_enable:
+            from peft import LoraConfig, get_peft_model
+
+            lcfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                              bias=recipe.lora_bias, target_modules=lora_target_regex(lm), task_type="CAUSAL_LM")
+            model = get_peft_model(lm, lcfg)
+            model.peft_config["default"].base_model_name_or_path = recipe.model_name_or_path
+    if recipe.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.enable_input_require_grads()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in lm.parameters())
+    return Built(model, lm, tokenizer, tower.processor, config, folder,
+                 {"trainable": trainable, "total": total, "num_image_tokens": int(tower.num_patches)})
+
+
+def _saved_config(config: Any, folder: str) -> dict[str, Any]:
+    """config.json for an output folder: a relative local tower path becomes absolute (outputs move)."""
+    from libra_cli.model.encoders import resolve_vision_tower_path
+
+    d = config.to_dict()
+    tower = d.get("mm_vision_tower")
+    if isinstance(tower, str) and tower.startswith("."):
+        try:
+            d["mm_vision_tower"] = resolve_vision_tower_path(tower, folder)
+        except Exception:  # noqa: BLE001 - leave it as given
+            pass
+    d["use_cache"] = False
+    return d
+
+
+# ---------------------------------------------------------------------- trainer
+def _trainer_cls() -> type:
+    from transformers import Trainer
+
+    class LibraTrainer(Trainer):
+        """Trainer with the original checkpoint layouts, a connector learning rate and generation-scored validation."""
+
+        def __init__(self, *a: Any, recipe: Recipe, stage: str, built: Built, eval_records: list | None = None,
+                     **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.recipe, self.stage, self.built = recipe, stage, built
+            self.eval_records = eval_records or []
+            self._tokens = 0
+            self._t0 = None
+            self._meteor = None
+
+        # ---- data
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if self.recipe.group_by_length and hasattr(ds, "lengths"):
+                from transformers.trainer_pt_utils import LengthGroupedSampler
+
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            dataset=ds, lengths=ds.lengths)
+            return super()._get_train_sampler(train_dataset)
+
+        # ---- optimiser: the connector may have its own learning rate
+        def create_optimizer(self, model: Any = None) -> Any:
+            lr = self.recipe.mm_projector_lr
+            if self.optimizer is not None or lr is None or self.stage == "align":
+                return super().create_optimizer(model) if model is not None else super().create_optimizer()
+            opt_model = self.model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: list[dict[str, Any]] = []
+            for is_conn in (False, True):
+                for wd in (True, False):
+                    params = [p for n, p in opt_model.named_parameters() if p.requires_grad
+                              and (("mm_projector" in n) == is_conn) and ((n in decay) == wd)]
+                    if params:
+                        g: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if wd else 0.0}
+                        if is_conn:
+                            g["lr"] = lr
+                        groups.append(g)
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = cls(groups, **kwargs)
+            return self.optimizer
+
+        # ---- throughput
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            if self._t0 is None:
+                self._t0 = time.perf_counter()
+            self._tokens += int(inputs["attention_mask"].sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def log(self, logs: dict[str, float], *a: Any, **kw: Any) -> None:
+            if "loss" in logs and self._t0 is not None:
+                dt = max(time.perf_counter() - self._t0, 1e-9)
+                logs["tokens_per_s"] = round(self._tokens / dt, 1)
+                self._tokens, self._t0 = 0, time.perf_counter()
+            super().log(logs, *a, **kw)
+
+        # ---- saving in the original layouts
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            out = Path(output_dir or self.args.output_dir)
+            if not self.args.should_save:
+                return
+            out.mkdir(parents=True, exist_ok=True)
+            lm = self.built.base
+            cfg = _saved_config(self.built.config, self.built.folder)
+            if self.stage == "align":
+                sd = {CONNECTOR + k: v.detach().cpu().clone() for k, v in lm.model.mm_projector.state_dict().items()}
+                torch.save(sd, out / "mm_projector.bin")
+            else:
+                from peft import PeftModel
+
+                model = self.model
+                if isinstance(model, PeftModel):
+                    model.save_pretrained(str(out))
+                    prefix = "base_model.model."
+                else:  # full fine-tune without LoRA: a plain full checkpoint
+                    lm.save_pretrained(str(out))
+                    prefix = ""
+                if prefix:
+                    # trainable non-LoRA tensors, and always the connector (it may come from a stage-1 projector)
+                    nlt = {prefix + n: p.detach().cpu().clone() for n, p in lm.named_parameters()
+                           if (p.requires_grad and "lora_" not in n) or n.startswith(CONNECTOR)}
+                    torch.save(nlt, out / "non_lora_trainables.bin")
+            (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            self.processing_class.save_pretrained(str(out)) if self.processing_class is not None else None
+            save_recipe(self.recipe, out, self.stage)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            from libra_cli.loading import load_bin, load_projector
+
+            ckpt = Path(resume_from_checkpoint)
+            if self.stage == "align":
+                load_projector(self.built.base, load_bin(ckpt / "mm_projector.bin"))
+                return
+            from peft import PeftModel, set_peft_model_state_dict
+
+            if isinstance(self.model, PeftModel):
+                from safetensors.torch import load_file
+
+                f = ckpt / "adapter_model.safetensors"
+                state = load_file(str(f)) if f.is_file() else load_bin(ckpt / "adapter_model.bin")
+                set_peft_model_state_dict(self.model, state)
+                nlt = ckpt / "non_lora_trainables.bin"
+                if nlt.is_file():
+                    self.model.load_state_dict(load_bin(nlt), strict=False)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        # ---- validation: eval loss + real generation scored with libra_cli.metrics
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            if self.recipe.eval_generate and self.eval_records:
+                gen = generation_scores(self, self.eval_records[: self.recipe.eval_subset])
+                gen = {f"{metric_key_prefix}_{k}": v for k, v in gen.items()}
+                metrics.update(gen)
+                self.log(gen)
+            return metrics
+
+    return LibraTrainer
+
+
+def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
+    """Generate for ``records`` with the model being trained and score against the last answers."""
+    from libra_cli.generation import GenerationSettings, Sample, generate
+    from libra_cli.loading import LoadedModel
+    from libra_cli.metrics import evaluate_reports
+
+    lm = trainer.built.base
+    r = trainer.recipe
+    was_training = lm.training
+    lm.eval()
+    old_cache = lm.generation_config.use_cache
+    lm.generation_config.use_cache = True
+    dev = lm.get_input_embeddings().weight.device
+    loaded = LoadedModel(model=lm, tokenizer=trainer.processing_class, image_processor=trainer.built.processor,
+                         conv_mode=r.conv_mode, name="training", folder=r.output_dir, kind="full", device=str(dev),
+                         dtype=next(lm.model.mm_projector.parameters()).dtype)
+    folder = Path(r.image_folder)
+    settings = GenerationSettings(max_new_tokens=r.eval_max_new_tokens, num_beams=r.eval_num_beams)
+    preds, refs = [], []
+    try:
+        bs = max(r.per_device_eval_batch_size, 1)
+        for i in range(0, len(records), bs):
+            chunk = records[i: i + bs]
+            samples = []
+            for rec in chunk:
+                imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+                q = rec["conversations"][0]["value"].replace("<image>", "").strip()
+                prior = str(folder / imgs[1]) if len(imgs) > 1 and imgs[1] else None
+                samples.append(Sample(current=str(folder / imgs[0]), prior=prior, query=q, id=str(rec.get("id"))))
+                refs.append(rec["conversations"][-1]["value"])
+            preds.extend(rep.text for rep in generate(loaded, samples, settings))
+    finally:
+        lm.generation_config.use_cache = old_cache
+        lm.train(was_training)
+    res = evaluate_reports(refs, preds, metrics=r.eval_metrics, meteor=trainer._meteor)
+    return {k: float(v) for k, v in res["scores"].items()}
+
+
+# ---------------------------------------------------------------------- callbacks
+def _callbacks(recipe: Recipe) -> list[Any]:
+    from transformers import TrainerCallback
+
+    class KeepBest(TrainerCallback):
+        """Copy the best checkpoint (by ``metric_for_best_model``) to ``output_dir/best``."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not args.should_save or not state.best_global_step or state.best_global_step != state.global_step:
+                return
+            src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            dst = Path(args.output_dir) / "best"
+            if src.is_dir():
+                tmp = dst.with_name("best.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"))
+                shutil.rmtree(dst, ignore_errors=True)
+                tmp.rename(dst)
+
+    return [KeepBest()]
+
+
+# ---------------------------------------------------------------------- entry point
+@dataclass
+class TrainResult:
+    output_dir: str
+    global_step: int
+    losses: list[float]
+    eval: list[dict[str, float]]
+    truncated: int
+    trainable: int
+    total: int
+    seconds: float
+    tokens_per_s: float | None
+    peak_rss_mb: float | None = None
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
+    """Read and check the training (and validation) JSON: errors come before any model is loaded."""
+    from libra_cli.training.data import read_records
+
+    train = read_records(recipe.data_path, recipe.image_folder)
+    ev = read_records(recipe.eval_data_path, recipe.image_folder) if recipe.eval_data_path else None
+    if recipe.pretrain_mm_mlp_adapter:
+        _projector_file(recipe.pretrain_mm_mlp_adapter)
+    return train, ev
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
+    """``--resume``: ``True``/``"latest"`` -> the newest checkpoint in ``output_dir``; a path -> that path."""
+    if not resume:
+        return None
+    if resume is True or resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is None:
+            raise InputError(f"--resume: no checkpoint-N folder in {output_dir}; drop --resume to start fresh")
+        return last
+    if not Path(str(resume)).is_dir():
+        raise InputError(f"--resume {resume}: not a checkpoint folder")
+    return str(resume)
+
+
+def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None) -> TrainResult:
+    """Run one stage: data checked first, then the model, then transformers' Trainer."""
+    from transformers import TrainingArguments
+
+    from libra_cli.training.data import LibraCollator, LibraTrainDataset
+
+    train_records, eval_records = prepare_data(recipe)
+    ckpt = resolve_resume(resume, recipe.output_dir)
+    built = build_model(recipe, stage)
+    mm_se = bool(getattr(built.config, "mm_use_im_start_end", False))
+    pad = getattr(built.config, "image_aspect_ratio", "pad") == "pad"
+
+    def ds(recs: list[dict]) -> LibraTrainDataset:
+        return LibraTrainDataset(recs, recipe.image_folder, built.tokenizer, built.processor, recipe.conv_mode,
+                                 built.info["num_image_tokens"], recipe.model_max_length, pad, mm_se)
+
+    train_ds = ds(train_records)
+    eval_ds = ds(eval_records) if eval_records else None
+    evaluating = eval_ds is not None and recipe.eval_steps is not None
+    best = recipe.metric_for_best_model if evaluating else None
+    if best and not recipe.eval_generate:
+        best = "loss"
+    higher = best is not None and best.lower() not in ("loss", "eval_loss")
+    report_to = [] if recipe.report_to == "none" else [recipe.report_to]
+    args = TrainingArguments(
+        output_dir=recipe.output_dir,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation(_world_size()),
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.warmup_ratio,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        max_grad_norm=recipe.max_grad_norm,
+        bf16=recipe.bf16,
+        fp16=recipe.fp16,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=recipe.eval_steps if evaluating else None,
+        metric_for_best_model=best,
+        greater_is_better=higher if best else None,
+        report_to=report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=recipe.dataloader_num_workers,
+        disable_tqdm=recipe.disable_tqdm,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,  # enabled on the model itself (works with frozen inputs)
+        ddp_find_unused_parameters=False,
+    )
+    collator = LibraCollator(built.tokenizer.pad_token_id, built.info["num_image_tokens"], recipe.padding_side)
+    trainer = _trainer_cls()(
+        model=built.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+        processing_class=built.tokenizer, callbacks=[*_callbacks(recipe), *(callbacks or [])],
+        recipe=recipe, stage=stage, built=built, eval_records=eval_records,
+    )
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.perf_counter() - t0
+    trainer.save_model(recipe.output_dir)
+    trainer.save_state()
+    hist = trainer.state.log_history
+    losses = [h["loss"] for h in hist if "loss" in h]
+    tps = [h["tokens_per_s"] for h in hist if "tokens_per_s" in h]
+    evals = [h for h in hist if any(k.startswith("eval_") for k in h)]
+    return TrainResult(recipe.output_dir, trainer.state.global_step, losses, evals, len(train_ds.truncated),
+                       built.info["trainable"], built.info["total"], seconds,
+                       (sum(tps) / len(tps)) if tps else None)
