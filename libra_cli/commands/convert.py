@@ -1,0 +1,85 @@
+"""``libra convert`` and ``libra export-projector``: move weights between layouts (logic in ``libra_cli.convert``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from libra_cli.commands import common as c
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)
+    app.command("export-projector")(export_projector)
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
+
+def convert(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id: full, LoRA or projector-only.")],
+    out: Annotated[str, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
+    model_base: c.ModelBaseOpt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (keep the source's) | bfloat16 | float16 | float32.")] = "auto",
+    bundle_vision_tower: Annotated[bool, typer.Option(
+        "--bundle-vision-tower", help="Copy the encoder weights and preprocessor into OUT/vision_tower and point "
+                                      "mm_vision_tower at it: the folder runs offline from anywhere.")] = False,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard (e.g. 5GB, 500MB).")] = "5GB",
+    vision_tower: c.VisionTowerOpt = None,
+    device: Annotated[str, typer.Option("--device", help="Where to merge and verify: cpu | cuda | cuda:N | auto.")] = "cpu",
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the result and compare probe logits with the source.")] = True,
+    tolerance: Annotated[float | None, typer.Option(
+        "--tolerance", help="Allowed max |logit diff| per unit of logit scale (default 1e-4 float32, 2e-2 half).")] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a standalone checkpoint (original layout, sharded safetensors) from any loadable layout."""
+    from rich.console import Console
+
+    from libra_cli import convert as core
+
+    err = Console(stderr=True)
+    with err.status("converting ...") as status:
+        res = core.convert(src, out, model_base=model_base, dtype=dtype, bundle_vision_tower=bundle_vision_tower,
+                           max_shard_size=max_shard_size, force=force, verify=verify, vision_tower=vision_tower,
+                           device=device, tolerance=tolerance, log=lambda m: status.update(m + " ..."))
+    for note in res.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    typer.echo(f"wrote {res.out}: {res.source_kind} -> standalone {res.dtype}, {res.num_tensors} tensors "
+               f"({res.num_params / 1e6:.2f}M params), {len(res.shards)} shard(s), {res.total_bytes / 1e6:.1f} MB")
+    typer.echo(f"vision tower: {res.vision_tower}{' (bundled)' if res.bundled_vision_tower else ''}")
+    if res.verified:
+        typer.echo(f"verified: probe logits max |diff| {res.max_abs_diff:.3g} "
+                   f"(allowed {res.tolerance * res.logit_scale:.3g}); greedy tokens "
+                   f"{'identical' if res.greedy_token_match else 'differ'}")
+    else:
+        typer.echo("not verified (--no-verify)")
+    if res.dtype_drift is not None:
+        typer.echo(f"{res.work_dtype} -> {res.dtype} moved the probe logits by up to {res.dtype_drift:.3g}")
+
+
+def export_projector(
+    src: Annotated[str, typer.Argument(help="Full checkpoint (folder or hub id), stage-1 folder, LoRA folder, "
+                                             "or an mm_projector.bin / non_lora_trainables.bin file.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output .bin file (keys model.mm_projector.*).")] = "mm_tac_projector.bin",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (keep) | bfloat16 | float16 | float32.")] = "auto",
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the connector weights as a projector file, loadable as the pretrained projector of either stage."""
+    from libra_cli import convert as core
+
+    res = core.export_projector(src, out, dtype=dtype, force=force)
+    if as_json:
+        typer.echo(json.dumps(res.__dict__, indent=2))
+        return
+    checked = f"; fits the {res.connector} connector of its config" if res.checked_against_config else \
+        "; no config.json next to the source, so not checked against a connector"
+    typer.echo(f"wrote {res.out}: {res.num_tensors} tensors, {res.num_params:,} params, {res.dtype}, "
+               f"from {res.source_kind} ({res.source_file}){checked}")
