@@ -21,7 +21,7 @@ from libra_cli.errors import InputError
 def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """~200 subjects, ~1.2k images: same-day studies, exact ties, midnight crossings, missing views."""
     d = tmp_path_factory.mktemp("pairs")
-    meta, split = make_metadata(200, seed=7)
+    meta, split = make_metadata(200, seed=7, split_p=(0.8, 0.1, 0.1))
     write_metadata_csv(meta, d / "meta.csv.gz")
     write_split_csv(split, meta, d / "split.csv.gz")
     meta_df = pd.read_csv(d / "meta.csv.gz", keep_default_na=False,
@@ -145,6 +145,20 @@ def test_prior_positions_empty_and_single() -> None:
     assert len(order) == 0 and len(prior) == 0
     order, prior = prior_positions(np.array([1]), np.array([20000101]), np.array([np.nan]))
     assert list(order) == [0] and list(prior) == [-1]
+
+
+def test_stable_order_matches_pandas_with_nans_and_big_ids() -> None:
+    from libra_cli.data.pairing import _stable_order
+
+    rng = np.random.default_rng(0)
+    for big in (False, True):
+        n = 3000
+        subj = rng.integers(0, 20, n) + (10**12 if big else 10**7)  # big ids take the lexsort path
+        date = rng.choice([20000101, 20000102, 20000301], n)
+        time = rng.choice([0.0, 1.5, 235959.999, np.nan], n)
+        df = pd.DataFrame({"s": subj, "d": date, "t": time})
+        want = df.sort_values(["s", "d", "t"]).index.to_numpy()
+        assert (_stable_order(subj, date, time) == want).all()
 
 
 def test_parse_views() -> None:

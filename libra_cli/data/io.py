@@ -122,7 +122,9 @@ def write_table(table: pa.Table, path: Path) -> None:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
+            # dictionary pages only where values repeat (view, split): unique paths gain nothing from them
+            repeat = [c for c in ("ViewPosition", "split") if c in table.column_names]
+            pq.write_table(table, tmp, use_dictionary=repeat)
         elif fmt == "csv":
             import pyarrow.csv as pacsv
 

@@ -163,13 +163,8 @@ def prior_positions(
     import numpy as np
 
     n = len(subject)
-    nan = np.isnan(time)
-    tkey = np.where(nan, 0.0, time)
-    order = np.lexsort((tkey, nan, date, subject))  # lexsort is stable; last key is primary
-    if group is None:
-        porder = order
-    else:
-        porder = np.lexsort((tkey, nan, date, group, subject))
+    order = _stable_order(subject, date, time)
+    porder = order if group is None else _stable_order(subject, date, time, group)
     prior = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return order, prior
@@ -195,6 +190,27 @@ def prior_positions(
     return order, prior
 
 
+def _stable_order(subject: np.ndarray, date: np.ndarray, time: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """Stable sort by (subject, [group,] date, time), missing times last (pandas' sort_values).
+
+    Two stable argsorts (time, then one packed integer key) when the ids fit; a general
+    ``np.lexsort`` otherwise. NumPy's stable float sort puts NaN last, keeping their order.
+    """
+    import numpy as np
+
+    if len(subject) == 0:
+        return np.arange(0, dtype=np.int64)
+    g = 0 if group is None else group.astype(np.int64)
+    if subject.min() >= 0 and subject.max() < 2**31 and date.min() >= 0 and date.max() < 10**8:
+        key = (subject.astype(np.int64) * 4 + g) * 10**8 + date
+        by_time = np.argsort(time, kind="stable")
+        return by_time[np.argsort(key[by_time], kind="stable")]
+    nan = np.isnan(time)
+    tkey = np.where(nan, 0.0, time)
+    keys = (tkey, nan, date, subject) if group is None else (tkey, nan, date, group, subject)
+    return np.lexsort(keys)  # stable; the last key is the primary one
+
+
 def pair_priors(
     metadata: pa.Table,
     split: pa.Table | None,
@@ -212,15 +228,22 @@ def pair_priors(
             raise InputError("the metadata file has no ViewPosition column; drop --views / --same-view-class")
         table = table.append_column("ViewPosition", pa.array([""] * table.num_rows, pa.string()))
 
+    n0 = table.num_rows
+    mask = None  # rows kept: joined with the split, in the split asked for, pairable, right view
     if split is not None:
-        # a dicom_id listed twice in the split file (never in the official one) takes its first row
-        idx = pc.index_in(table["dicom_id"], value_set=split["dicom_id"])
-        keep = pc.is_valid(idx)
-        table = table.filter(keep)
-        idx = idx.filter(keep)
-        split_col = pc.take(split["split"], idx)
+        same_order = split.num_rows == n0 and (
+            n0 == 0 or pc.all(pc.equal(table["dicom_id"], split["dicom_id"])).as_py()
+        )
+        if same_order:  # the official files list the same images in the same order: no hashing needed
+            split_col = split["split"]
+            stats.joined_rows = n0
+        else:
+            # a dicom_id listed twice in the split file (never in the official one) takes its first row
+            idx = pc.index_in(table["dicom_id"], value_set=split["dicom_id"])
+            mask = pc.is_valid(idx)
+            split_col = pc.take(split["split"], idx)
+            stats.joined_rows = pc.sum(mask.cast(pa.int64())).as_py() or 0
         table = table.append_column("split", split_col)
-        stats.joined_rows = table.num_rows
         present = sorted(v for v in pc.unique(split_col).to_pylist() if v is not None)
         if opts.split_name != "all":
             if opts.split_name not in present:
@@ -228,26 +251,31 @@ def pair_priors(
                     f"split name '{opts.split_name}' does not occur in the split file "
                     f"(it has: {', '.join(present) or 'nothing'}); use one of those or 'all'"
                 )
-            table = table.filter(pc.equal(table["split"], opts.split_name))
+            in_split = pc.fill_null(pc.equal(split_col, opts.split_name), False)
+            mask = in_split if mask is None else pc.and_(mask, in_split)
     else:
         if opts.split_name != "all":
             raise InputError(f"--split-name {opts.split_name} needs --split SPLIT.csv; give the split file or drop it")
-        stats.joined_rows = table.num_rows
-    stats.split_rows = table.num_rows
+        stats.joined_rows = n0
+    stats.split_rows = _count(mask, n0)
 
-    # rows the snippet cannot handle (it would crash): missing subject or date
-    valid = pc.and_(pc.is_valid(table["subject_id"]), pc.is_valid(table["StudyDate"]))
-    valid = pc.and_(valid, pc.is_valid(table["study_id"]))
-    valid = pc.and_(valid, pc.invert(pc.equal(table["dicom_id"], "")))
-    n_valid = pc.sum(valid.cast(pa.int64())).as_py() or 0
-    if n_valid != table.num_rows:
-        stats.dropped_missing = table.num_rows - n_valid
-        table = table.filter(valid)
-
-    views_upper = pc.utf8_upper(pc.utf8_trim_whitespace(table["ViewPosition"]))
-    if opts.views is not None:
-        table = table.filter(pc.is_in(views_upper, value_set=pa.array(sorted(opts.views), pa.string())))
+    # rows the snippet cannot handle (it would crash): missing ids or date
+    valid = pc.and_(
+        pc.and_(pc.is_valid(table["subject_id"]), pc.is_valid(table["StudyDate"])),
+        pc.and_(pc.is_valid(table["study_id"]), pc.not_equal(table["dicom_id"], "")),
+    )
+    if not pc.all(valid).as_py():
+        mask = valid if mask is None else pc.and_(mask, valid)
+        stats.dropped_missing = stats.split_rows - _count(mask, n0)
+    if opts.views is not None or opts.same_view_class:
         views_upper = pc.utf8_upper(pc.utf8_trim_whitespace(table["ViewPosition"]))
+        table = table.append_column("_view", views_upper)
+    if opts.views is not None:
+        in_view = pc.is_in(table["_view"], value_set=pa.array(sorted(opts.views), pa.string()))
+        mask = in_view if mask is None else pc.and_(mask, in_view)
+    if mask is not None:
+        table = table.filter(mask)
+    table = table.combine_chunks()
     stats.view_rows = table.num_rows
 
     subject = table["subject_id"].to_numpy()
@@ -255,53 +283,68 @@ def pair_priors(
     time = table["StudyTime"].to_numpy(zero_copy_only=False).astype(np.float64)
     group = None
     if opts.same_view_class:
-        fr = pc.is_in(views_upper, value_set=pa.array(sorted(FRONTAL_VIEWS))).to_numpy(zero_copy_only=False)
-        la = pc.is_in(views_upper, value_set=pa.array(sorted(LATERAL_VIEWS))).to_numpy(zero_copy_only=False)
+        fr = pc.is_in(table["_view"], value_set=pa.array(sorted(FRONTAL_VIEWS))).to_numpy(zero_copy_only=False)
+        la = pc.is_in(table["_view"], value_set=pa.array(sorted(LATERAL_VIEWS))).to_numpy(zero_copy_only=False)
         group = np.where(fr, 0, np.where(la, 1, 2)).astype(np.int8)
     order, prior = prior_positions(subject, date, time, group)
 
-    days = _days_from_civil(date)
-    has = prior >= 0
-    gap = np.zeros(len(prior), dtype=np.int64)
-    gap[has] = days[has] - days[prior[has]]
+    # everything below works in sorted order, on contiguous arrays
+    n = len(order)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    prior_in = prior[order]
+    prior_s = np.where(prior_in >= 0, rank[np.maximum(prior_in, 0)], -1)
+    srt = table.take(pa.array(order)).combine_chunks()
+    days = _days_from_civil(date[order])
+    has = prior_s >= 0
+    gap = np.zeros(n, dtype=np.int64)
+    gap[has] = days[has] - days[prior_s[has]]
     if opts.max_gap_days is not None:
         too_far = has & (gap > opts.max_gap_days)
         stats.gap_dropped = int(too_far.sum())
-        prior[too_far] = -1
-        has = prior >= 0
+        prior_s[too_far] = -1
+        has = prior_s >= 0
 
-    image = image_paths(table["subject_id"], table["study_id"], table["dicom_id"], opts.image_ext)
-    prior_idx = pa.array(prior, mask=~has)
+    image = image_paths(srt["subject_id"], srt["study_id"], srt["dicom_id"], opts.image_ext)
+    prior_idx = pa.array(prior_s, mask=~has)
 
     def take_prior(col: pa.ChunkedArray | pa.Array) -> pa.Array:
         return pc.take(col, prior_idx)
 
     out = pa.table(
         {
-            "dicom_id": table["dicom_id"],
-            "subject_id": table["subject_id"],
-            "study_id": table["study_id"],
-            "StudyDate": table["StudyDate"],
-            "StudyTime": table["StudyTime"],
-            "ViewPosition": table["ViewPosition"],
-            **({"split": table["split"]} if "split" in table.column_names else {}),
+            "dicom_id": srt["dicom_id"],
+            "subject_id": srt["subject_id"],
+            "study_id": srt["study_id"],
+            "StudyDate": srt["StudyDate"],
+            "StudyTime": srt["StudyTime"],
+            "ViewPosition": srt["ViewPosition"],
+            **({"split": srt["split"]} if "split" in srt.column_names else {}),
             "image": image,
-            "prior_dicom_id": take_prior(table["dicom_id"]),
-            "prior_study_id": take_prior(table["study_id"]),
-            "prior_StudyDate": take_prior(table["StudyDate"]),
-            "prior_StudyTime": take_prior(table["StudyTime"]),
+            "prior_dicom_id": take_prior(srt["dicom_id"]),
+            "prior_study_id": take_prior(srt["study_id"]),
+            "prior_StudyDate": take_prior(srt["StudyDate"]),
+            "prior_StudyTime": take_prior(srt["StudyTime"]),
             "prior_image": take_prior(image),
             "days_between": pa.array(gap, mask=~has),
         }
     )
-    out = out.take(pa.array(order))
-    stats.subjects = len(np.unique(subject)) if len(subject) else 0
+    s_sorted = subject[order]
+    stats.subjects = int(1 + np.count_nonzero(s_sorted[1:] != s_sorted[:-1])) if n else 0
     stats.with_prior = int(has.sum())
     if "split" in out.column_names:
         stats.split_counts = {
             v["values"]: v["counts"] for v in pc.value_counts(out["split"]).to_pylist() if v["values"] is not None
         }
     return out, stats
+
+
+def _count(mask: pa.ChunkedArray | pa.Array | None, n: int) -> int:
+    """Rows a boolean mask keeps (all ``n`` when there is no mask)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return n if mask is None else int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
 
 
 def image_paths(subject: pa.ChunkedArray, study: pa.ChunkedArray, dicom: pa.ChunkedArray, ext: str = "jpg") -> pa.Array:

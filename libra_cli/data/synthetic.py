@@ -24,11 +24,13 @@ def make_metadata(
     images_per_subject: float = 5.7,
     seed: int = 0,
     adversarial: bool = True,
+    split_p: tuple[float, float, float] = (0.9784, 0.0079, 0.0137),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Columns of a metadata table and a split table (numpy arrays), MIMIC-shaped.
 
     ~``images_per_subject`` images per subject over a few studies; with ``adversarial`` many
     studies share a date, some share a time exactly, and some sit just either side of midnight.
+    Subjects go to train/validate/test with ``split_p`` (default: MIMIC-CXR-JPG's image shares).
     """
     import numpy as np
 
@@ -64,7 +66,7 @@ def make_metadata(
         "StudyDate": date[row_study],
         "StudyTime": tod[row_study],
     }
-    subj_split = rng.choice(np.array(["train", "validate", "test"]), p=[0.96, 0.01, 0.03], size=n_subjects)
+    subj_split = rng.choice(np.array(["train", "validate", "test"]), p=list(split_p), size=n_subjects)
     lookup = dict(zip(subjects.tolist(), subj_split.tolist(), strict=True))
     split = {"dicom_id": dicom, "split": np.array([lookup[s] for s in meta["subject_id"].tolist()])}
     return meta, split
