@@ -458,25 +458,16 @@ class ImagePrefetcher:
         self.wait_s = 0.0
 
     def submit(self, ref: ImageRef) -> None:
-        if ref.key in self._futures:
+        if ref.key in self._futures or self._pool is None:  # no workers: decoded in take()
             return
-        if self._pool is None:
-            f: Future = Future()
-            try:
-                f.set_result(self._decode(ref.source))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller of take()
-                f.set_exception(exc)
-            self._futures[ref.key] = f
-        else:
-            self._futures[ref.key] = self._pool.submit(self._decode, ref.source)
+        self._futures[ref.key] = self._pool.submit(self._decode, ref.source)
 
     def take(self, ref: ImageRef) -> Any:
         """The preprocessed pixels (blocking; time spent waiting is counted); raises the decode error."""
-        self.submit(ref)
-        f = self._futures.pop(ref.key)
         t = time.perf_counter()
         try:
-            return f.result()
+            f = self._futures.pop(ref.key, None)
+            return self._decode(ref.source) if f is None else f.result()
         finally:
             self.wait_s += time.perf_counter() - t
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from libra_cli import batch as b
 from libra_cli.generation import GenerationSettings, Sample, generate
-
 from tests.conftest import CXR, FIXTURES
 
 
