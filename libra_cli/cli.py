@@ -44,9 +44,9 @@ def root(
 
 def _register() -> None:
     """Attach every command module (each defines ``register(app)``)."""
-    from libra_cli.commands import COMMAND_MODULES
-
     import importlib
+
+    from libra_cli.commands import COMMAND_MODULES
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"libra_cli.commands.{name}").register(app)

@@ -15,7 +15,13 @@ import torch
 
 from libra_cli.errors import InputError
 from libra_cli.images import load_and_preprocess
-from libra_cli.prompts import DEFAULT_QUERY, build_prompt, expand_image_tokens, strip_stop, tokenize_with_image
+from libra_cli.prompts import (
+    DEFAULT_QUERY,
+    build_prompt,
+    expand_image_tokens,
+    strip_stop,
+    tokenize_with_image,
+)
 
 
 @dataclass
