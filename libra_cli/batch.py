@@ -617,11 +617,11 @@ def merge_shards(out: Path, num_shards: int, order: list[str], error_order: list
         if not all(m.exists() for m in markers):
             return False
         answers: dict[str, dict[str, Any]] = {}
-        for prev in _read_lines(out)[0] if out.exists() else []:
-            answers.setdefault(qid_key(prev["question_id"]), prev)
-        for s in shards:
+        for s in shards:  # this run's answers first: they win over an earlier merge (--overwrite)
             for r in _read_lines(s)[0]:
                 answers.setdefault(qid_key(r["question_id"]), r)
+        for prev in _read_lines(out)[0] if out.exists() else []:
+            answers.setdefault(qid_key(prev["question_id"]), prev)
         write_atomic_jsonl(out, ordered_answers(order, answers))
         errs: list[tuple[int, dict[str, Any]]] = []
         for s in shards:
@@ -775,7 +775,11 @@ class BatchRunner:
         out = Path(out)
         stats = RunStats(out=str(out), errors_out=str(errors_path(out)))
         writer = AnswerWriter(out, overwrite=overwrite)
-        self._check_resume(writer, out)
+        try:
+            self._check_resume(writer, out)
+        except InputError:
+            writer.close()
+            raise
         errors: list[ErrorRecord] = list(input_errors or [])
         stats.input_errors = len(errors)
         stats.total = len(items) + len(errors)
