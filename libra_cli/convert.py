@@ -361,7 +361,7 @@ def default_tolerance(dtype: str) -> float:
     Both run the same weights in the same dtype, so any real difference is a write/read bug; the
     slack only covers kernel-order noise.
     """
-    return 1e-4 if dtype == "float32" else 2e-2
+    return 1e-4 if dtype == "float32" else 5e-3
 
 
 def _probe_inputs(loaded: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -385,6 +385,16 @@ def probe_logits(loaded: Any) -> torch.Tensor:
     dev = loaded.model.get_input_embeddings().weight.device
     out = loaded.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), pixel_values=pix.to(dev), use_cache=False)
     return out.logits[:, -PROBE_POSITIONS:].float().cpu()
+
+
+def _cast_like_reload(lm: Any, dtype: torch.dtype) -> None:
+    """Cast to ``dtype`` as ``from_pretrained`` would load it: non-persistent buffers (rotary
+    ``inv_freq``) are not in the file and stay as computed, so keep them as they are."""
+    keep = [(m, name, buf) for m in lm.modules() for name, buf in m._buffers.items()
+            if buf is not None and name in m._non_persistent_buffers_set]
+    lm.to(dtype)
+    for m, name, buf in keep:
+        m._buffers[name] = buf
 
 
 def _tokenizer_folder(src_folder: str, base_folder: str | None) -> Path | None:
@@ -545,7 +555,7 @@ def convert(
         _say(log, "computing the probe logits of the source")
         ref = probe_logits(loaded)
     if work != target:
-        lm.to(DTYPE_NAMES[target])
+        _cast_like_reload(lm, DTYPE_NAMES[target])
         if verify:
             cast_ref = probe_logits(loaded)
             drift = float((cast_ref - ref).abs().max())

@@ -32,7 +32,7 @@ def convert(
     device: Annotated[str, typer.Option("--device", help="Where to merge and verify: cpu | cuda | cuda:N | auto.")] = "cpu",
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the result and compare probe logits with the source.")] = True,
     tolerance: Annotated[float | None, typer.Option(
-        "--tolerance", help="Allowed max |logit diff| per unit of logit scale (default 1e-4 float32, 2e-2 half).")] = None,
+        "--tolerance", help="Allowed max |logit diff| per unit of logit scale (default 1e-4 float32, 5e-3 half).")] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
