@@ -142,3 +142,14 @@ def test_non_image_upload_shows_an_error(page: Page, tmp_path: Path) -> None:
     _shot(page, "serve-error-desktop.png")
     page.set_viewport_size({"width": 390, "height": 844})
     _shot(page, "serve-error-narrow.png")
+    page.set_viewport_size({"width": 1366, "height": 900})
+
+
+def test_example_pair_button(page: Page) -> None:
+    for which in ("current", "prior"):
+        clear = page.locator(f"#{which}-file").get_by_role("button", name="Clear")
+        if clear.count():
+            clear.click()
+    page.locator("#example-btn").click()
+    expect(page.locator("#pair-notice")).to_contain_text("PRIOR: uploaded")
+    expect(page.locator("#pair-notice .libra-error")).to_have_count(0)
