@@ -17,6 +17,8 @@ _LAZY = {
     "load_model": "libra_cli.loading",
     "LoadedModel": "libra_cli.loading",
     "generate_report": "libra_cli.generation",
+    "generate": "libra_cli.generation",
+    "Sample": "libra_cli.generation",
     "GenerationSettings": "libra_cli.generation",
     "load_image": "libra_cli.images",
     "get_template": "libra_cli.prompts",
