@@ -189,3 +189,26 @@ def test_cli_dry_run(tmp_path, capsys):
                           "--set", f"image_folder={tmp_path}", "--set", "model_name_or_path=m", "-o", str(tmp_path / "o"))
     assert code in (0, None), err
     assert "learning_rate: 0.001" in out and "stage: align" in out
+
+
+def test_dataset_truncation_and_dummy_prior(tmp_path, tok):
+    from PIL import Image
+
+    from libra_cli.images import ImageProcessorConfig
+    from libra_cli.training.data import LibraTrainDataset
+
+    Image.new("RGB", (40, 30), (120, 120, 120)).save(tmp_path / "c.jpg")
+    Image.new("RGB", (40, 30), (10, 10, 10)).save(tmp_path / "p.jpg")
+    long = "The heart is normal. " * 40
+    recs = [{"id": "a", "image": ["c.jpg"], "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "ok"}]},
+            {"id": "b", "image": ["c.jpg", "p.jpg"], "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": long}]}]
+    proc = ImageProcessorConfig.from_pretrained(TOKENIZER.parent / "tiny-rad-dino")
+    ds = LibraTrainDataset(recs, tmp_path, tok, proc, "libra_v1", num_image_tokens=25, model_max_length=128)
+    a, b = ds[0], ds[1]
+    assert torch.equal(a["pixel_values"][0], a["pixel_values"][1]) and a["prior_is_dummy"]
+    assert not torch.equal(b["pixel_values"][0], b["pixel_values"][1]) and not b["prior_is_dummy"]
+    assert len(b["input_ids"]) + 24 == 128 and ds.truncated == {1}
+    assert len(ds.lengths) == 2 and ds.lengths[1] > ds.lengths[0]
+    tiny = LibraTrainDataset(recs, tmp_path, tok, proc, "libra_v1", num_image_tokens=25, model_max_length=30)
+    with pytest.raises(InputError, match="no room"):
+        tiny[1]

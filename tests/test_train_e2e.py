@@ -139,3 +139,24 @@ def test_resume_equals_uninterrupted(tiny, stage1, stage2):
 
     x, y = load_file(str(out / "adapter_model.safetensors")), load_file(str(stage2 / "adapter_model.safetensors"))
     assert set(x) == set(y) and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x) and a
+
+
+def test_plain_llm_base_gets_a_fresh_connector(tiny, tmp_path):
+    """A plain Llama folder + vision_tower: a Libra model with a new TAC, only the connector trainable."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from libra_cli.tiny import copy_tokenizer
+    from libra_cli.training.recipe import load_recipe
+    from libra_cli.training.trainer import build_model
+
+    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llm")
+    copy_tokenizer(SHARED / "fixtures" / "tokenizer", tmp_path / "llm")
+    recipe = load_recipe("tiny-cpu", "align", {"model_name_or_path": str(tmp_path / "llm"), "data_path": "x",
+                                                "output_dir": "o", "vision_tower": str(tiny / "tiny-rad-dino")})
+    built = build_model(recipe, "align")
+    assert built.config.model_type == "libra" and built.config.mm_hidden_size == 32
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.mm_projector.") for n in trainable)
+    assert built.info["num_image_tokens"] == 25

@@ -167,6 +167,9 @@ class LibraTrainDataset(torch.utils.data.Dataset):
         # room left for text once the image placeholder is expanded
         budget = self.model_max_length - (self.num_image_tokens - 1) * ids.count(IMAGE_TOKEN_INDEX)
         if len(ids) > budget:
+            if IMAGE_TOKEN_INDEX in ids and ids.index(IMAGE_TOKEN_INDEX) >= budget:
+                raise InputError(f"record {rec.get('id', i)}: model_max_length {self.model_max_length} leaves no room "
+                                 f"for the {self.num_image_tokens} image slots; raise model_max_length")
             self.truncated.add(i)
             ids, labels = ids[:budget], labels[:budget]
         images = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]

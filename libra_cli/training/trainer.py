@@ -59,7 +59,8 @@ def _libra_config(folder: str, recipe: Recipe) -> Any:
     if not recipe.vision_tower:
         raise InputError(f"{folder} is a plain LLM; set vision_tower (e.g. microsoft/rad-dino) in the recipe")
     libra_type = modeling.BASE_TO_LIBRA[config.model_type]
-    cfg = modeling.BACKBONES[libra_type][0](**config.to_dict())
+    base = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+    cfg = modeling.BACKBONES[libra_type][0](**base)
     from libra_cli.loading import hub_folder
 
     tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"))
@@ -141,6 +142,10 @@ def build_model(recipe: Recipe, stage: str) -> Built:
         lm.model.mm_projector.requires_grad_(True)
         config.tune_mm_mlp_adapter = True
     else:
+        if not recipe.lora_enable:  # full fine-tune of the text model
+            lm.requires_grad_(True)
+            lm.model.vision_tower.requires_grad_(False)
+            lm.model.mm_projector.requires_grad_(False)
         if not recipe.freeze_mm_mlp_adapter:
             lm.model.mm_projector.requires_grad_(True)
         config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
@@ -245,24 +250,30 @@ def _trainer_cls() -> type:
             out.mkdir(parents=True, exist_ok=True)
             lm = self.built.base
             cfg = _saved_config(self.built.config, self.built.folder)
+            # under DeepSpeed ZeRO-3 / FSDP the Trainer passes the gathered full ``state_dict``
+            full = state_dict or {}
+
+            def value(name: str, p: torch.Tensor) -> torch.Tensor:
+                return (full[name] if name in full else p).detach().cpu().clone()
+
             if self.stage == "align":
-                sd = {CONNECTOR + k: v.detach().cpu().clone() for k, v in lm.model.mm_projector.state_dict().items()}
+                sd = {CONNECTOR + k: value(CONNECTOR + k, v) for k, v in lm.model.mm_projector.state_dict().items()}
                 torch.save(sd, out / "mm_projector.bin")
             else:
                 from peft import PeftModel
 
                 model = self.model
                 if isinstance(model, PeftModel):
-                    model.save_pretrained(str(out))
-                    prefix = "base_model.model."
-                else:  # full fine-tune without LoRA: a plain full checkpoint
-                    lm.save_pretrained(str(out))
-                    prefix = ""
-                if prefix:
+                    model.save_pretrained(str(out), state_dict=state_dict)
                     # trainable non-LoRA tensors, and always the connector (it may come from a stage-1 projector)
-                    nlt = {prefix + n: p.detach().cpu().clone() for n, p in lm.named_parameters()
+                    pre = "base_model.model."
+                    nlt = {pre + n: value(pre + n, p) for n, p in lm.named_parameters()
                            if (p.requires_grad and "lora_" not in n) or n.startswith(CONNECTOR)}
                     torch.save(nlt, out / "non_lora_trainables.bin")
+                else:  # full fine-tune without LoRA: a plain full checkpoint
+                    kw = {} if state_dict is None else {"state_dict": {k: v for k, v in state_dict.items()
+                                                                      if not k.startswith("model.vision_tower.")}}
+                    lm.save_pretrained(str(out), **kw)
             (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
             self.processing_class.save_pretrained(str(out)) if self.processing_class is not None else None
             save_recipe(self.recipe, out, self.stage)
@@ -478,6 +489,14 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     losses = [h["loss"] for h in hist if "loss" in h]
     tps = [h["tokens_per_s"] for h in hist if "tokens_per_s" in h]
     evals = [h for h in hist if any(k.startswith("eval_") for k in h)]
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if train_ds.truncated:
+        from libra_cli.loading import warn_once
+
+        warn_once("truncated", f"{len(train_ds.truncated)} training samples were longer than model_max_length "
+                               f"{recipe.model_max_length} and were truncated")
     return TrainResult(recipe.output_dir, trainer.state.global_step, losses, evals, len(train_ds.truncated),
                        built.info["trainable"], built.info["total"], seconds,
-                       (sum(tps) / len(tps)) if tps else None)
+                       (sum(tps) / len(tps)) if tps else None, rss)
