@@ -123,6 +123,11 @@ def test_stage2_lora_layout_loads_with_model_base(tiny, stage1, stage2):
     report = generate_report(loaded, str(tiny / "images" / "current.jpg"), None,
                              settings=GenerationSettings(max_new_tokens=4))
     assert isinstance(report.text, str)
+    # and `libra convert` turns it into a standalone checkpoint (verified against the LoRA + base logits)
+    from libra_cli.convert import convert
+
+    convert(str(stage2), tiny / "converted", model_base=str(tiny / "base"), device="cpu")
+    assert (tiny / "converted" / "model.safetensors").is_file()
 
 
 def test_resume_equals_uninterrupted(tiny, stage1, stage2):
