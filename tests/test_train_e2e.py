@@ -165,3 +165,28 @@ def test_plain_llm_base_gets_a_fresh_connector(tiny, tmp_path):
     trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("model.mm_projector.") for n in trainable)
     assert built.info["num_image_tokens"] == 25
+
+
+def test_connector_on_its_own_learning_rate(tiny, tmp_path):
+    """freeze_mm_mlp_adapter: false + mm_projector_lr: the connector trains in its own optimizer groups."""
+    from transformers import TrainingArguments
+
+    from libra_cli.training.recipe import load_recipe
+    from libra_cli.training.trainer import _trainer_cls, build_model
+
+    recipe = load_recipe("tiny-cpu", "finetune", {"model_name_or_path": str(tiny / "base"), "data_path": "x",
+                                                   "output_dir": str(tmp_path), "freeze_mm_mlp_adapter": "false",
+                                                   "mm_projector_lr": "1e-5"})
+    built = build_model(recipe, "finetune")
+    names = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert any("mm_projector" in n for n in names) and any("lora_" in n for n in names)
+    assert not any("vision_tower" in n or n.endswith("lm_head.weight") for n in names)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=2e-3)
+    trainer = _trainer_cls()(model=built.model, args=args, recipe=recipe, stage="finetune", built=built)
+    groups = trainer.create_optimizer().param_groups
+    conn = {id(p) for n, p in built.model.named_parameters() if "mm_projector" in n and p.requires_grad}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= conn or not ids & conn
+        assert g["lr"] == (1e-5 if ids <= conn else 2e-3)
+    assert sum(len(g["params"]) for g in groups) == len(names)

@@ -157,6 +157,8 @@ def build_model(recipe: Recipe, stage: str) -> Built:
                               bias=recipe.lora_bias, target_modules=lora_target_regex(lm), task_type="CAUSAL_LM")
             model = get_peft_model(lm, lcfg)
             model.peft_config["default"].base_model_name_or_path = recipe.model_name_or_path
+            if not recipe.freeze_mm_mlp_adapter:  # PEFT froze everything but the adapters
+                lm.model.mm_projector.requires_grad_(True)
     if recipe.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()
