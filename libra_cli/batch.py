@@ -723,19 +723,6 @@ class RunStats:
         return d
 
 
-_PLACEHOLDER = None
-
-
-def _placeholder() -> Any:
-    """A tiny preprocessed-image stand-in: ``generate`` ignores pixels when features are given."""
-    global _PLACEHOLDER
-    if _PLACEHOLDER is None:
-        import numpy as np
-
-        _PLACEHOLDER = np.zeros((3, 1, 1), dtype=np.float32)
-    return _PLACEHOLDER
-
-
 def model_id_for(model: str) -> str:
     """The original's ``get_model_name_from_path``: last folder name (``parent_checkpoint-N`` for checkpoints)."""
     parts = str(model).rstrip("/").split("/")
@@ -793,7 +780,7 @@ class BatchRunner:
         bad: list[ErrorRecord] = []
         for it in pending:
             try:
-                lengths[it.index] = len(prompt_ids(self.loaded, self._sample(it, None, None))[1])
+                lengths[it.index] = len(prompt_ids(self.loaded, self._sample(it))[1])
                 ok.append(it)
             except InputError as exc:
                 bad.append(ErrorRecord(it.index, it.question_id, "input", str(exc), it.where))
@@ -899,10 +886,11 @@ class BatchRunner:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _sample(self, it: Item, cur: Any, prior: Any) -> Any:
+    def _sample(self, it: Item) -> Any:
+        """A Sample naming the images; ``generate`` gets their features, so nothing is re-read."""
         from libra_cli.generation import Sample
 
-        return Sample(cur if cur is not None else _placeholder(), prior, it.query, it.context, id=it.key)
+        return Sample(it.current.key, it.prior.key if it.prior is not None else None, it.query, it.context, id=it.key)
 
     def _encode(self, batch: list[Item], pre: ImagePrefetcher, cache: EncoderCache, bad_images: dict[str, str],
                 uses_prior: bool) -> tuple[list[Item], list[ErrorRecord]]:
@@ -968,7 +956,7 @@ class BatchRunner:
         ntok = 0
         if good:
             feats = self._features(good, cache, uses_prior)
-            samples = [self._sample(it, None, _placeholder() if it.prior is not None else None) for it in good]
+            samples = [self._sample(it) for it in good]
             try:
                 reports = generate(self.loaded, samples, self.settings, image_features=feats)
             except InputError as exc:  # a sample the model refuses: isolate it

@@ -137,7 +137,7 @@ class Report:
 class BatchInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | None
     prompts: list[str]
     stop: str
     prior_is_dummy: list[bool]
@@ -169,8 +169,15 @@ def _default_query(loaded: Any) -> str:
     return known.default_query if known else DEFAULT_QUERY
 
 
-def prepare_batch(loaded: Any, samples: list[Sample]) -> BatchInputs:
-    """Tokenise, left-pad and preprocess a list of samples."""
+def _prior_missing(prior: Any) -> bool:
+    return prior is None or (isinstance(prior, str) and not prior.strip())
+
+
+def prepare_batch(loaded: Any, samples: list[Sample], with_pixels: bool = True) -> BatchInputs:
+    """Tokenise, left-pad and preprocess a list of samples.
+
+    ``with_pixels=False`` skips image loading (the caller has the image features already).
+    """
     rendered = [prompt_ids(loaded, s) for s in samples]
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     width = max(len(ids) for _, ids, _ in rendered)
@@ -179,15 +186,15 @@ def prepare_batch(loaded: Any, samples: list[Sample]) -> BatchInputs:
     for i, (_, ids, _) in enumerate(rendered):
         input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
         mask[i, width - len(ids):] = 1
-    pix, dummy = [], []
-    for s in samples:
-        cur = _pixels(s.current, loaded)
-        prior_missing = s.prior is None or (isinstance(s.prior, str) and not s.prior.strip())
-        prior = cur if prior_missing else _pixels(s.prior, loaded)
-        pix.append(np.stack([cur, prior]))
-        dummy.append(prior_missing)
-    return BatchInputs(input_ids, mask, torch.from_numpy(np.stack(pix)), [r[0] for r in rendered],
-                       rendered[0][2], dummy)
+    dummy = [_prior_missing(s.prior) for s in samples]
+    pixel_values = None
+    if with_pixels:
+        pix = []
+        for s, missing in zip(samples, dummy, strict=True):
+            cur = _pixels(s.current, loaded)
+            pix.append(np.stack([cur, cur if missing else _pixels(s.prior, loaded)]))
+        pixel_values = torch.from_numpy(np.stack(pix))
+    return BatchInputs(input_ids, mask, pixel_values, [r[0] for r in rendered], rendered[0][2], dummy)
 
 
 def _eos_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
@@ -216,7 +223,7 @@ def generate(
     settings.validate()
     model = loaded.model
     t0 = time.perf_counter()
-    batch = prepare_batch(loaded, samples)
+    batch = prepare_batch(loaded, samples, with_pixels=image_features is None)
     t_prep = time.perf_counter()
     dev = model.get_input_embeddings().weight.device
     with torch.inference_mode():
