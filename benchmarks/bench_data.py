@@ -2,6 +2,7 @@
 
     python benchmarks/bench_data.py pairs      # ~377k images / 65k subjects, train split ~369k
     python benchmarks/bench_data.py sections   # 227,835 reports (writes ~230k small files)
+    python benchmarks/bench_data.py build      # after 'pairs': training JSON + questions for the train split
     python benchmarks/bench_data.py all --workdir /tmp/libra-bench
 
 Pairing: ``libra data pair-priors`` end to end (a fresh ``libra`` process, reading the gzip CSVs,
@@ -145,9 +146,41 @@ def bench_sections(work: Path, reports: int, workers: int, ref_reports: int) -> 
           f"= {ref_reports / t_ref:,.0f} reports/s; ours in-process {t_ours:.2f} s; outputs identical: {same}")
 
 
+def bench_build(work: Path) -> None:
+    """``build`` on the train pairs with a synthetic sectioned CSV (90% of studies have findings)."""
+    import csv
+
+    import numpy as np
+    import pandas as pd
+
+    pairs = work / "pairs_train.parquet"
+    if not pairs.exists():
+        sys.exit("run the 'pairs' benchmark first (it writes pairs_train.parquet)")
+    studies = pd.read_parquet(pairs, columns=["study_id"])["study_id"].unique()
+    rng = np.random.default_rng(4)
+    sect = work / "build_sectioned.csv"
+    with open(sect, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["study", "findings", "impression", "indication", "comparison", "technique", "history",
+                    "examination", "last_paragraph"])
+        for st in studies:
+            f = "" if rng.random() < 0.1 else "The lungs are clear.\n \n No effusion. Heart size is normal."
+            w.writerow([f"s{st}", f, "No acute process.", "Cough.", "None.", "PA and lateral.", "", "CHEST", ""])
+    cmd = [sys.executable, "-m", "libra_cli", "data", "build", "--pairs", str(pairs), "--sections", str(sect),
+           "--out-json", str(work / "train.json"), "--out-questions", str(work / "train_q.jsonl"), "--context", "all"]
+    c0 = _child_cpu()
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        sys.exit(f"build failed: {res.stderr}")
+    print(f"build (CLI): {len(studies):,} studies, training JSON + questions JSONL in {wall:.2f} s wall "
+          f"(CPU {_child_cpu() - c0:.2f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["pairs", "sections", "all"])
+    ap.add_argument("what", choices=["pairs", "sections", "build", "all"])
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "libra-bench-data")
     ap.add_argument("--subjects", type=int, default=MIMIC_SUBJECTS)
     ap.add_argument("--snippet-subjects", type=int, default=200)
@@ -160,6 +193,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if args.what in ("pairs", "all"):
         bench_pairs(args.workdir, args.subjects, args.snippet_subjects, args.repeats)
+    if args.what in ("build", "all"):
+        bench_build(args.workdir)
     if args.what in ("sections", "all"):
         bench_sections(args.workdir, args.reports, args.workers, args.ref_reports)
 
