@@ -251,7 +251,10 @@ def pair_priors(
                     f"split name '{opts.split_name}' does not occur in the split file "
                     f"(it has: {', '.join(present) or 'nothing'}); use one of those or 'all'"
                 )
-            in_split = pc.fill_null(pc.equal(split_col, opts.split_name), False)
+            # (a scalar from the data itself: building one from a Python str makes pyarrow import pandas)
+            names = pc.unique(split_col)
+            want = names[names.to_pylist().index(opts.split_name)]
+            in_split = pc.equal(split_col, want)  # null where unjoined: filter drops those rows
             mask = in_split if mask is None else pc.and_(mask, in_split)
     else:
         if opts.split_name != "all":
@@ -262,7 +265,7 @@ def pair_priors(
     # rows the snippet cannot handle (it would crash): missing ids or date
     valid = pc.and_(
         pc.and_(pc.is_valid(table["subject_id"]), pc.is_valid(table["StudyDate"])),
-        pc.and_(pc.is_valid(table["study_id"]), pc.not_equal(table["dicom_id"], "")),
+        pc.and_(pc.is_valid(table["study_id"]), pc.is_valid(pc.utf8_slice_codeunits(table["dicom_id"], 0, 1))),
     )
     if not pc.all(valid).as_py():
         mask = valid if mask is None else pc.and_(mask, valid)
@@ -278,14 +281,14 @@ def pair_priors(
     table = table.combine_chunks()
     stats.view_rows = table.num_rows
 
-    subject = table["subject_id"].to_numpy()
-    date = table["StudyDate"].to_numpy()
-    time = table["StudyTime"].to_numpy(zero_copy_only=False).astype(np.float64)
+    subject = _np(table["subject_id"]).astype(np.int64, copy=False)
+    date = _np(table["StudyDate"]).astype(np.int64, copy=False)
+    time = _np(table["StudyTime"]).astype(np.float64, copy=False)
     group = None
     if opts.same_view_class:
-        fr = pc.is_in(table["_view"], value_set=pa.array(sorted(FRONTAL_VIEWS))).to_numpy(zero_copy_only=False)
-        la = pc.is_in(table["_view"], value_set=pa.array(sorted(LATERAL_VIEWS))).to_numpy(zero_copy_only=False)
-        group = np.where(fr, 0, np.where(la, 1, 2)).astype(np.int8)
+        fr = _np(pc.is_in(table["_view"], value_set=pa.array(sorted(FRONTAL_VIEWS))))
+        la = _np(pc.is_in(table["_view"], value_set=pa.array(sorted(LATERAL_VIEWS))))
+        group = np.where(fr != 0, 0, np.where(la != 0, 1, 2)).astype(np.int8)
     order, prior = prior_positions(subject, date, time, group)
 
     # everything below works in sorted order, on contiguous arrays
@@ -294,7 +297,7 @@ def pair_priors(
     rank[order] = np.arange(n, dtype=np.int64)
     prior_in = prior[order]
     prior_s = np.where(prior_in >= 0, rank[np.maximum(prior_in, 0)], -1)
-    srt = table.take(pa.array(order)).combine_chunks()
+    srt = table.take(_int64_array(order)).combine_chunks()
     days = _days_from_civil(date[order])
     has = prior_s >= 0
     gap = np.zeros(n, dtype=np.int64)
@@ -306,7 +309,7 @@ def pair_priors(
         has = prior_s >= 0
 
     image = image_paths(srt["subject_id"], srt["study_id"], srt["dicom_id"], opts.image_ext)
-    prior_idx = pa.array(prior_s, mask=~has)
+    prior_idx = _int64_array(prior_s, valid=has)
 
     def take_prior(col: pa.ChunkedArray | pa.Array) -> pa.Array:
         return pc.take(col, prior_idx)
@@ -326,7 +329,7 @@ def pair_priors(
             "prior_StudyDate": take_prior(srt["StudyDate"]),
             "prior_StudyTime": take_prior(srt["StudyTime"]),
             "prior_image": take_prior(image),
-            "days_between": pa.array(gap, mask=~has),
+            "days_between": _int64_array(gap, valid=has),
         }
     )
     s_sorted = subject[order]
@@ -337,6 +340,38 @@ def pair_priors(
             v["values"]: v["counts"] for v in pc.value_counts(out["split"]).to_pylist() if v["values"] is not None
         }
     return out, stats
+
+
+def _int64_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """NumPy int64 (+ validity) -> Arrow, zero-copy; ``pa.array`` would import pandas to sniff types."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    bitmap = None
+    nulls = 0
+    if valid is not None:
+        nulls = int(len(valid) - np.count_nonzero(valid))
+        if nulls:
+            bitmap = pa.py_buffer(np.packbits(valid.astype(np.uint8), bitorder="little"))
+    return pa.Array.from_buffers(pa.int64(), len(values), [bitmap, pa.py_buffer(values)], null_count=nulls)
+
+
+def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Fixed-width column -> NumPy, zero-copy from its data buffer (``to_numpy`` imports pandas: ~0.4 s)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_boolean(col.type):
+        col = col.cast(pa.int8())
+    if col.null_count:
+        col = pc.fill_null(col, float("nan") if pa.types.is_floating(col.type) else 0)
+    dtype = np.dtype(col.type.to_pandas_dtype())
+    data = col.buffers()[1]
+    return np.frombuffer(data, dtype=dtype)[col.offset : col.offset + len(col)]  # to_numpy imports pandas
 
 
 def _count(mask: pa.ChunkedArray | pa.Array | None, n: int) -> int:
@@ -355,9 +390,20 @@ def image_paths(subject: pa.ChunkedArray, study: pa.ChunkedArray, dicom: pa.Chun
     subj = pc.cast(subject, pa.string())
     stud = pc.cast(study, pa.string())
     top = pc.utf8_slice_codeunits(subj, 0, 2)
+    lit = _str_scalar
     return pc.binary_join_element_wise(
-        "files/p", top, "/p", subj, "/s", stud, "/", dicom, f".{ext}", ""
+        lit("files/p"), top, lit("/p"), subj, lit("/s"), stud, lit("/"), dicom, lit(f".{ext}"), lit("")
     ).combine_chunks()
+
+
+def _str_scalar(text: str) -> pa.Scalar:
+    """An Arrow string scalar built from buffers (``pa.scalar``/``pa.array`` import pandas: ~0.4 s)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = text.encode("utf-8")
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int32))
+    return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])[0]
 
 
 def run_pair_priors(
