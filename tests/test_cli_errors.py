@@ -45,3 +45,30 @@ def test_debug_shows_traceback(tmp_path) -> None:
     out = _run("--debug", "infer", "-m", MODEL, "/nope/missing.jpg", tmp_path=tmp_path)
     assert out.returncode != 0
     assert "Traceback" in out.stderr
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys) -> None:
+    import torch
+
+    from libra_cli import cli
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.delenv("LIBRA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["infer", "x.jpg"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and "--batch-size" in err and len(err.splitlines()) == 1
+
+
+def test_conv_mode_mismatch_warns_once(capsys) -> None:
+    from libra_cli.loading import load_model
+
+    for _ in range(2):
+        lm = load_model(MODEL, conv_mode="v1", device="cpu")
+    assert lm.conv_mode == "v1"
+    err = capsys.readouterr().err
+    assert err.count("differs from 'libra_v1'") == 1

@@ -69,3 +69,21 @@ def test_bad_images(tmp_path, content, match) -> None:
         p.write_bytes(content)
     with pytest.raises(InputError, match=match):
         load_image(p)
+
+
+def test_url_images_from_a_local_server(tmp_path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "x.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert load_image(f"{url}/x.png").getpixel((0, 0)) == (10, 200, 30)
+        with pytest.raises(InputError, match="cannot download image"):
+            load_image(f"{url}/missing.png")
+    finally:
+        server.shutdown()
