@@ -157,6 +157,7 @@ class StudyResult:
     text: str
     sectioned: list[str | None] | None
     issues: list[str] = field(default_factory=list)
+    main_index: int = -1  # which sectioned cell ``text`` is (-1: none)
 
 
 def section_study(study: str, text: str) -> StudyResult:
@@ -176,11 +177,11 @@ def section_study(study: str, text: str) -> StudyResult:
         # the original would crash here; keep going with the generic rule and say so
         issues.append(f"special-case section '{want}' not found")
     row: list[str | None] = [sections[last[n]].strip() if n in last else None for n in SECTION_COLUMNS]
-    main = next((cell for cell in row if cell is not None), None)
-    if main is None:
-        issues.append("no usable section")
-        main = ""
-    return StudyResult(study, main, row, issues)
+    for k, cell in enumerate(row):
+        if cell is not None:
+            return StudyResult(study, cell, row, issues, k)
+    issues.append("no usable section")
+    return StudyResult(study, "", row, issues, -1)
 
 
 def decode_report(data: bytes) -> tuple[str, list[str]]:
@@ -310,18 +311,17 @@ def process_patients(root: str, rel_dirs: list[str]) -> BatchResult:
             res = section_study(name[:-4], text)
             if dec_issues or res.issues:
                 issues.extend((f"{rel}/{name}", msg) for msg in (*dec_issues, *res.issues))
-            # csv.writer's QUOTE_MINIMAL, inlined (see csv_field)
-            row = (res.study, res.text) if res.sectioned is None else (res.study, *res.sectioned)
-            line = ",".join([
-                "" if not f else (f if search(f) is None else '"' + f.replace('"', '""') + '"') for f in row
-            ]) + "\r\n"
-            if res.sectioned is None:
+            cells = res.sectioned
+            study = csv_field(res.study)
+            if cells is None:
                 special += 1
-                main.append(csv_row(row))
+                main.append(study + "," + csv_field(res.text) + "\r\n")
             else:
-                sect.append(line)
-                main.append(line[: len(row[0])] + "," + csv_field(res.text) + "\r\n")
-                cells = res.sectioned
+                # csv.writer's QUOTE_MINIMAL, inlined (see csv_field); the main text is one of the cells
+                q = ["" if not f else (f if search(f) is None else '"' + f.replace('"', '""') + '"') for f in cells]
+                sect.append(study + "," + ",".join(q) + "\r\n")
+                k = res.main_index
+                main.append(study + "," + (q[k] if k >= 0 else "") + "\r\n")
                 for i in ncols:
                     if cells[i]:
                         counts[i] += 1
