@@ -224,3 +224,16 @@ def test_cli_one_line_errors_and_summary(synth: dict, tmp_path: Path, capsys: py
     rows = [json.loads(line) for line in gzip.open(out, "rt")]
     assert rows and all(r["split"] == "train" and r["ViewPosition"] in ("PA", "AP", "AP AXIAL", "PA LLD") for r in rows)
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp files
+
+
+def test_empty_result_and_all_missing_times(tmp_path: Path) -> None:
+    df = _frame([
+        ("a", 10000001, 50000001, 21800101, float("nan"), "LATERAL"),
+        ("b", 10000001, 50000002, 21800102, float("nan"), "LATERAL"),
+    ])
+    out = _run_frame(df, tmp_path)
+    assert list(out["prior_dicom_id"].fillna("-")) == ["-", "a"]
+    p = tmp_path / "m.csv"
+    empty = tmp_path / "empty.parquet"
+    stats = run_pair_priors(p, None, empty, PairOptions(views=parse_views("PA")))
+    assert stats.view_rows == 0 and pd.read_parquet(empty).empty

@@ -74,6 +74,8 @@ def pair_priors(
         tab.add_row("per split", ", ".join(f"{k} {v:,}" for k, v in sorted(stats.split_counts.items())))
     tab.add_row("time", f"{dt:.2f} s")
     con.print(tab)
+    if stats.view_rows == 0:
+        con.print("[yellow]notice:[/] no rows left to pair; check --split-name / --views against your files")
 
 
 @data_app.command("extract-sections")
