@@ -136,10 +136,14 @@ def write_table(table: pa.Table, path: Path) -> None:
                 pacsv.write_csv(table, tmp, write_options=opts)
         else:
             import gzip
+            import json
 
-            df = table.to_pandas()
-            text = df.to_json(orient="records", lines=True, force_ascii=False)
-            data = text.encode("utf-8")
+            # plain json keeps ints as ints and '/' unescaped (pandas' to_json does neither)
+            dumps = json.JSONEncoder(ensure_ascii=False).encode
+            cols = {name: table[name].to_pylist() for name in table.column_names}
+            names = list(cols)
+            lines = [dumps(dict(zip(names, vals, strict=True))) for vals in zip(*cols.values(), strict=True)]
+            data = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
             if gz:
                 with gzip.open(tmp, "wb", compresslevel=6) as fh:
                     fh.write(data)
