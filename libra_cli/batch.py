@@ -579,14 +579,11 @@ class AnswerWriter:
 
 def write_atomic_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Write a JSONL file via a temp file + rename: readers and kills see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    from libra_cli.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def ordered_answers(items_order: list[str], answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1000,6 +997,44 @@ def shard_from_env() -> tuple[int, int]:
         return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     except ValueError:
         return 1, 0
+
+
+def resolve_shard(num_shards: int | None, shard: int | None) -> tuple[int, int]:
+    """(num_shards, shard) from the flags, else from the launcher's environment."""
+    env_n, env_k = shard_from_env()
+    n = num_shards if num_shards is not None else env_n
+    k = shard if shard is not None else (env_k if num_shards is None else 0)
+    if n < 1 or not 0 <= k < n:
+        raise InputError(f"--shard must be in 0..{max(n - 1, 0)} (got {k}); --num-shards must be >= 1")
+    return n, k
+
+
+def parse_batch_size(value: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"--batch-size must be a positive number or auto (got {value!r})")
+    return int(value)
+
+
+def apply_limit(items: list[Item], errors: list[ErrorRecord], limit: int | None) -> tuple[list[Item], list[ErrorRecord]]:
+    """The first ``limit`` samples, with the input errors that come before the last of them."""
+    if limit is None:
+        return items, errors
+    cut = items[limit - 1].index if len(items) >= limit else None
+    return items[:limit], [e for e in errors if cut is None or e.index <= cut]
+
+
+def shard_device(device: str, num_shards: int, shard: int) -> str:
+    """With several shards on a GPU machine, one GPU per process holding the whole model."""
+    if num_shards > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            os.environ["LIBRA_NO_DEVICE_MAP"] = "1"
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', shard)) % torch.cuda.device_count()}"
+    return device
 
 
 def run_batch(runner: BatchRunner, items: list[Item], errors: list[ErrorRecord], out: str | Path, *,

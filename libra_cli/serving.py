@@ -356,10 +356,9 @@ class Server:
             f"NOTE: {RESEARCH_NOTICE}",
             "",
         ]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        from libra_cli.atomic import write_text_atomic
+
+        return write_text_atomic(path, "\n".join(lines))
 
 
 def _load_named(load_image: Callable[[str], Any], path: str, what: str) -> Any:

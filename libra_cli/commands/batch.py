@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -67,34 +66,18 @@ def batch(
     from libra_cli import batch as b
 
     err = Console(stderr=True)
-    bs: int | str = batch_size
-    if batch_size != "auto":
-        if not batch_size.isdigit() or int(batch_size) < 1:
-            raise InputError(f"--batch-size must be a positive number or auto (got {batch_size!r})")
-        bs = int(batch_size)
-    env_n, env_k = b.shard_from_env()
-    n = num_shards if num_shards is not None else env_n
-    k = shard if shard is not None else (env_k if num_shards is None else 0)
-    if not 0 <= k < n:
-        raise InputError(f"--shard must be in 0..{n - 1} (got {k})")
+    bs = b.parse_batch_size(batch_size)
+    n, k = b.resolve_shard(num_shards, shard)
     gen = c.settings(max_new_tokens, temperature, top_p, top_k, seed, num_beams, length_penalty,
                      no_repeat_ngram_size, num_return_sequences, repetition_penalty)
     cols = b.Columns(image=image_column, prior=prior_column or None, prompt=prompt_column or None, id=id_column,
                      context=context_column, reference=reference_column)
     items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
                                  cols=cols)
-    if limit is not None:
-        cut = items[limit - 1].index if len(items) >= limit else None
-        items = items[:limit]
-        errors = [e for e in errors if cut is None or e.index <= cut]
+    items, errors = b.apply_limit(items, errors, limit)
     if not items and not errors:
         raise InputError("the input holds no samples")
-    if n > 1 and device == "auto":
-        import torch
-
-        if torch.cuda.is_available():  # one GPU per process, the whole model on it
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', k)) % torch.cuda.device_count()}"
-            os.environ["LIBRA_NO_DEVICE_MAP"] = "1"
+    device = b.shard_device(device, n, k)
     loaded = c.load(model, model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
     progress = _Progress(err, quiet)
     runner = b.BatchRunner(loaded, gen, batch_size=bs, workers=workers, cache_mb=cache_mb, model_id=model_id,

@@ -45,15 +45,21 @@ def infer(
     """Write the Findings for a current X-ray, compared with the prior one."""
     from rich.console import Console
 
-    from libra_cli.generation import generate_report
     from libra_cli.images import load_image
-    from libra_cli.streaming import TerminalStreamer
+    from libra_cli.prompts import get_template
 
     err = Console(stderr=True, soft_wrap=True)
+    # fail fast on user mistakes, before torch is even imported
+    cur_img = load_image(current)
+    prior_img = load_image(prior) if prior else None
+    if conv_mode:
+        get_template(conv_mode)
+
+    from libra_cli.generation import generate_report
+    from libra_cli.streaming import TerminalStreamer
+
     gen = c.settings(max_new_tokens, temperature, top_p, top_k, seed, num_beams, length_penalty,
                      no_repeat_ngram_size, num_return_sequences, repetition_penalty)
-    cur_img = load_image(current)  # fail fast on a bad image, before loading the model
-    prior_img = load_image(prior) if prior else None
     loaded = c.load(model, model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
     if prior_img is None and loaded.uses_prior:
         err.print("[yellow]notice:[/] no prior image given: the current image is used as the prior (dummy prior)")
