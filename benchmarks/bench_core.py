@@ -3,7 +3,7 @@
     python benchmarks/bench_core.py [--skip-100m]
 
 Models: the shared fixture (tiny-libra-tac) and a ~100M-parameter random Libra (Llama + TAC) written
-in the original layout. Peak RSS is reported as a ratio to one copy of the weights: loading must not
+in the original layout. Peak RSS (growth over the post-import baseline, after load + generate) is reported as a ratio to one copy of the weights: loading must not
 materialise the weights twice. Each model is measured in a fresh subprocess so RSS is its own.
 """
 
@@ -22,14 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIBRA_SHARED", REPO.parent / "shared"))
 
 CHILD = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from libra_cli.loading import load_model
 from libra_cli.generation import Sample, prepare_batch
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def kb(field):  # /proc/self/status value in kB (VmRSS now, VmHWM peak)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+t0 = time.perf_counter()
+import libra_cli.model.modeling  # transformers' model code: a one-off import cost, reported apart from load
+import_s = time.perf_counter() - t0
+base_rss = kb("VmRSS")
 t0 = time.perf_counter()
 lm = load_model(sys.argv[1], dtype="float32", device="cpu")
 load_s = time.perf_counter() - t0
-rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
 b = prepare_batch(lm, [Sample(sys.argv[2], sys.argv[3])])
 m = lm.model
@@ -47,11 +51,23 @@ with torch.inference_mode():
                      min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=0)
     total = time.perf_counter() - t
 decode_s = max(total - prefill, 1e-9)
-print(json.dumps({"params_M": sum(p.numel() for p in m.parameters()) / 1e6, "load_s": load_s,
-                  "weights_MB": weights / 2**20, "rss_load_delta_MB": (rss_after_load - base_rss) / 1024,
-                  "rss_over_weights": (rss_after_load - base_rss) * 1024 / weights,
+# baseline measured in the same run: memory bandwidth (copying a weight-sized buffer, read + write),
+# which bounds batch-1 decode at bandwidth / weight bytes tokens per second
+peak = kb("VmHWM")  # after a full forward + generate: every weight page has been touched
+buf = torch.ones(max(weights // 4, 2**24), dtype=torch.float32)
+dst = torch.zeros_like(buf)
+dst.copy_(buf)
+t = time.perf_counter()
+for _ in range(5):
+    dst.copy_(buf)
+bw = 5 * 2 * buf.numel() * 4 / (time.perf_counter() - t)
+del buf, dst
+print(json.dumps({"params_M": sum(p.numel() for p in m.parameters()) / 1e6, "import_s": import_s, "load_s": load_s,
+                  "weights_MB": weights / 2**20, "peak_rss_delta_MB": (peak - base_rss) / 1024,
+                  "peak_rss_over_weights": (peak - base_rss) * 1024 / weights,
                   "prompt_tokens": int(b.input_ids.shape[1]), "prefill_tok_s": b.input_ids.shape[1] / prefill,
-                  "decode_tok_s": (n_new - 1) / decode_s}))
+                  "decode_tok_s": (n_new - 1) / decode_s, "mem_bw_GBs": bw / 1e9,
+                  "decode_vs_bw_bound": ((n_new - 1) / decode_s) / (bw / weights)}))
 """
 
 
@@ -84,13 +100,13 @@ def main() -> None:
     from rich.table import Table
 
     t = Table(title="libra core: CPU float32, batch 1")
-    cols = ["model", "params_M", "load_s", "weights_MB", "rss_load_delta_MB", "rss_over_weights", "prompt_tokens",
-            "prefill_tok_s", "decode_tok_s"]
+    cols = ["model", "params_M", "import_s", "load_s", "weights_MB", "peak_rss_delta_MB", "peak_rss_over_weights", "prompt_tokens",
+            "prefill_tok_s", "decode_tok_s", "mem_bw_GBs", "decode_vs_bw_bound"]
     for c in cols:
         t.add_column(c)
     for r in rows:
         t.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    Console(width=170).print(t)
+    Console(width=200).print(t)
     print(json.dumps(rows, indent=1))
 
 
