@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from libra_cli import __version__
 from libra_cli.errors import LibraError
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except LibraError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         msg = _known_failure(exc) or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-        err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -33,8 +33,9 @@ def warn_once(key: str, message: str) -> None:
         return
     _warned.add(key)
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def quiet_transformers() -> None:

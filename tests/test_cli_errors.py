@@ -72,3 +72,18 @@ def test_conv_mode_mismatch_warns_once(capsys) -> None:
     assert lm.conv_mode == "v1"
     err = capsys.readouterr().err
     assert err.count("differs from 'libra_v1'") == 1
+
+
+def test_error_text_with_brackets_is_not_eaten_as_markup(monkeypatch, capsys) -> None:
+    from libra_cli import cli
+    from libra_cli.errors import InputError
+
+    def boom(*args, **kwargs):
+        raise InputError("needs an extra: pip install 'libra-cli[train]'")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.delenv("LIBRA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train"])
+    assert exc.value.code == 2
+    assert "libra-cli[train]" in capsys.readouterr().err

@@ -119,6 +119,12 @@ class Recipe:
             bad("bf16 and fp16 are both on; choose one")
         if self.report_to not in ("none", "tensorboard", "wandb", "all"):
             bad(f"report_to must be none, tensorboard or wandb, got {self.report_to!r}")
+        import importlib.util
+
+        for logger in ("tensorboard", "wandb"):
+            if self.report_to in (logger, "all") and importlib.util.find_spec(logger) is None:
+                bad(f"report_to: {logger} needs the {logger} package (pip install 'libra-cli[train]'), "
+                    "or pass --set report_to=none")
 
     def gradient_accumulation(self, world_size: int = 1) -> int:
         """Accumulation steps that keep ``global_batch_size`` on ``world_size`` processes."""
