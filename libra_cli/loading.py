@@ -197,6 +197,23 @@ def resolve_attention(attn: str, device: str, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
+def weight_bytes(folder: str | Path, config: Any, dtype: torch.dtype) -> int:
+    """Bytes the LLM weights take in ``dtype``, from the checkpoint files' sizes (nothing is read)."""
+    files = list(Path(folder).glob("*.safetensors")) or list(Path(folder).glob("pytorch_model*.bin"))
+    stored = sum(f.stat().st_size for f in files)
+    saved = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
+    stored_size = 2 if ("16" in saved) else 4
+    return int(stored * torch.empty((), dtype=dtype).element_size() / stored_size)
+
+
+def needs_device_map(device: str, nbytes: int) -> bool:
+    """Spread over all GPUs (``device_map="auto"``) only when the model does not fit on the first one."""
+    if device != "cuda" or torch.cuda.device_count() < 2 or os.environ.get("LIBRA_NO_DEVICE_MAP") == "1":
+        return False
+    free, _ = torch.cuda.mem_get_info(0)
+    return nbytes * 1.15 > free  # headroom for activations, KV cache and the encoder
+
+
 @dataclass
 class LoadedModel:
     """A ready-to-generate model with everything needed to build its inputs."""
@@ -289,12 +306,12 @@ def load_model(
     model_cls = modeling.BACKBONES[config.model_type][1]
 
     load_kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_impl}
+    weights_folder = base_folder if base_folder else folder
     if load_4bit or load_8bit:
         load_kwargs["quantization_config"] = _bnb_config(load_4bit, torch_dtype)
         load_kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
-    elif dev.startswith("cuda") and torch.cuda.device_count() > 1 and os.environ.get("LIBRA_NO_DEVICE_MAP") != "1":
+    elif needs_device_map(dev, weight_bytes(weights_folder, config, torch_dtype)):
         load_kwargs["device_map"] = "auto"
-    weights_folder = base_folder if base_folder else folder
     keys = checkpoint_keys(weights_folder)
     if any(re.match(r"model\.mm_projector\.\d+\.", k) for k in keys):
         load_kwargs["key_mapping"] = {r"^model\.mm_projector\.(\d+)\.": r"model.mm_projector.projector.\1."}
