@@ -134,3 +134,25 @@ def test_lora_folder_on_base_equals_manual_merge(towers: Path, base: Path) -> No
     assert checked == 2 * 7
     for k, v in new_proj.items():
         assert torch.equal(sd[k[len("base_model.model."):]], v)
+
+
+def test_cls_patch_and_maira_feature_norm(towers: Path, images) -> None:
+    """``cls_patch`` keeps the CLS token; the MAIRA flag takes the encoder's normed last_hidden_state."""
+    cur, pri = images
+    cls = make_tiny_libra(towers / "cls", FIXTURES / "tokenizer", "libra", "mlp2x_gelu", "../tiny-dinov2",
+                          mm_vision_select_feature="cls_patch", select_layer=-1)
+    lm = load_model(str(cls), dtype="float32", device="cpu")
+    assert lm.num_image_tokens == 26
+    r = generate_report(lm, cur, pri, settings=GenerationSettings(max_new_tokens=2))
+    assert r.token_ids
+    maira = make_tiny_libra(towers / "maira", FIXTURES / "tokenizer", "libra", "mlp2x_gelu", "../tiny-dinov2",
+                            select_layer=-1, use_maira_feature_norm=True)
+    lm2 = load_model(str(maira), dtype="float32", device="cpu")
+    from libra_cli.generation import Sample, prepare_batch
+
+    pix = prepare_batch(lm2, [Sample(cur)]).pixel_values[:, 0]
+    with torch.no_grad():
+        normed = lm2.model.encode_images(pix)
+        out = lm2.model.vision_tower.vision_tower(pix, output_hidden_states=True)
+    assert torch.allclose(normed[:, 0], out.last_hidden_state[:, 1:])
+    assert not torch.allclose(normed[:, 0], out.hidden_states[-1][:, 1:])
