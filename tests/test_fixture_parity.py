@@ -108,3 +108,15 @@ def test_cli_infer_json(expected, tmp_path) -> None:
     assert d["settings"]["max_new_tokens"] == 24
     assert {"encode_s", "generate_s", "tokens_per_s"} <= set(d["timings"])
     assert "dummy prior" in out.stderr
+
+
+def test_streamed_text_equals_final_text(loaded, expected) -> None:
+    import io
+
+    from libra_cli.streaming import TerminalStreamer
+
+    buf = io.StringIO()
+    r = generate_report(loaded, CXR / "current.jpg", CXR / "prior.jpg", settings=GenerationSettings(max_new_tokens=24),
+                        streamer=TerminalStreamer(loaded, out=buf))
+    assert buf.getvalue() == r.text + "\n"
+    assert r.text == expected["greedy"]["returned_text"]
