@@ -75,6 +75,8 @@ def _run(stage: str, recipe_path: str, sets: list[str] | None, out: str | None, 
     from libra_cli.training.trainer import train
 
     res = train(recipe, stage, resume=ckpt)
+    if os.environ.get("RANK", "0") != "0":  # one summary (and one output path on stdout) per run, not per process
+        return
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
     err.print(f"[green]done:[/] {res.global_step} steps in {res.seconds:.0f}s, loss {first:.4f} -> {last:.4f}, "
               f"{res.trainable:,} of {res.total:,} parameters trained"

@@ -110,6 +110,11 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     from libra_cli.model.encoders import load_vision_tower
 
     quiet_transformers()
+    # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
+    # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
+    from transformers import set_seed
+
+    set_seed(recipe.seed)
     folder = hub_folder(recipe.model_name_or_path, what="model")
     config = _libra_config(folder, recipe)
     config.use_cache = False
@@ -393,6 +398,13 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _recipe_mixed_precision(recipe: Recipe) -> None:
+    """The recipe decides mixed precision: a launcher's ``ACCELERATE_MIXED_PRECISION`` (e.g. ``mixed_precision: bf16``
+    in a preset) would otherwise silently autocast a float32 recipe, since the Trainer's Accelerator reads it."""
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if recipe.bf16 else "fp16" if recipe.fp16 else "no"
+
+
 def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
     """Read and check the training (and validation) JSON: errors come before any model is loaded."""
     from libra_cli.training.data import read_records
@@ -444,6 +456,7 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
         best = "loss"
     higher = best is not None and best.lower() not in ("loss", "eval_loss")
     report_to = [] if recipe.report_to == "none" else [recipe.report_to]
+    _recipe_mixed_precision(recipe)
     args = TrainingArguments(
         output_dir=recipe.output_dir,
         num_train_epochs=recipe.num_train_epochs,
