@@ -90,9 +90,13 @@ def _launch(preset: str, num_processes: int | None) -> None:
     cfg = preset_path(preset)
     if shutil.which("accelerate") is None:
         raise InputError("--distributed needs accelerate's launcher (pip install accelerate)")
-    cmd = ["accelerate", "launch", "--config_file", str(cfg)]
-    if num_processes:
-        cmd += ["--num_processes", str(num_processes)]
+    if not num_processes:  # default: every visible GPU (the preset's own count is only a placeholder)
+        import torch
+
+        num_processes = torch.cuda.device_count()
+        if num_processes < 1:
+            raise InputError("--distributed found no GPU; pass --num-processes N to run N CPU processes")
+    cmd = ["accelerate", "launch", "--config_file", str(cfg), "--num_processes", str(num_processes)]
     cmd += ["-m", "libra_cli", *sys.argv[1:]]
     raise typer.Exit(subprocess.call(cmd))
 
