@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +36,7 @@ def eval_cmd(
 ) -> None:
     """Score reports with BLEU-1..4, METEOR, ROUGE-L, temporal F1 (+ BERTScore, RadGraph, CheXbert)."""
     from libra_cli.metrics import api
-    from libra_cli.metrics.records import load_pairs
+    from libra_cli.metrics.records import align_for_compare, append_results_csv, load_pairs
 
     if compare is not None and predictions is None:
         raise InputError("--compare needs two prediction files: libra eval REFS PREDS_A --compare PREDS_B")
@@ -52,19 +51,8 @@ def eval_cmd(
 
     if compare is not None:
         assert predictions is not None
-        pairs_b = load_pairs(references, compare, allow_missing=allow_missing)
-        if pairs_b.ids != pairs.ids:
-            shared = set(pairs.ids) & set(pairs_b.ids)
-            if not allow_missing:
-                raise InputError(
-                    f"{predictions.name} and {compare.name} cover different ids ({len(pairs.ids)} vs {len(pairs_b.ids)}, "
-                    f"{len(shared)} shared); pass --allow-missing to compare on the shared ids"
-                )
-            keep = [i for i in pairs.ids if i in shared]
-            a_map, b_map = dict(zip(pairs.ids, pairs.predictions, strict=True)), dict(zip(pairs_b.ids, pairs_b.predictions, strict=True))
-            ref_map = dict(zip(pairs.ids, pairs.references, strict=True))
-            pairs.ids, pairs.references, pairs.predictions = keep, [ref_map[i] for i in keep], [a_map[i] for i in keep]
-            pairs_b.predictions = [b_map[i] for i in keep]
+        pairs, pairs_b = align_for_compare(pairs, load_pairs(references, compare, allow_missing=allow_missing),
+                                           predictions.name, compare.name, allow_missing)
         result = api.compare_reports(
             pairs.references, pairs.predictions, pairs_b.predictions, groups, clean=not no_clean,
             n_samples=bootstrap or 1000, seed=seed, **options,
@@ -75,8 +63,8 @@ def eval_cmd(
         else:
             _render_compare(result, predictions.name, compare.name)
         if csv_path is not None:
-            append_csv(csv_path, predictions.stem, result["a"]["scores"])
-            append_csv(csv_path, compare.stem, result["b"]["scores"])
+            append_results_csv(csv_path, predictions.stem, result["a"]["scores"])
+            append_results_csv(csv_path, compare.stem, result["b"]["scores"])
         return
 
     result = api.evaluate_reports(
@@ -91,33 +79,11 @@ def eval_cmd(
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     result["files"] = {"references": str(references), "predictions": str(predictions) if predictions else None}
     if csv_path is not None:
-        append_csv(csv_path, model_name, result["scores"])
+        append_results_csv(csv_path, model_name, result["scores"])
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         _render(result, model_name)
-
-
-def append_csv(path: Path, model_name: str, scores: dict[str, float]) -> None:
-    """Append one row like the original ``append_results_to_csv`` (header written only for a new file).
-
-    An existing file keeps its own column order; metrics it has no column for are refused rather than dropped.
-    """
-    row = {"Model Name": model_name, **scores}
-    if path.exists() and path.stat().st_size > 0:
-        with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), [])
-        extra = [k for k in row if k not in header]
-        if extra:
-            raise InputError(f"{path} has no column(s) {', '.join(extra)}; write to a new CSV or choose matching --metrics")
-        with path.open("a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=header).writerow(row)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
 
 
 def _versions_line(versions: dict[str, str]) -> str:

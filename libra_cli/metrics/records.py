@@ -164,3 +164,42 @@ def load_pairs(references: Path, predictions: Path | None = None, allow_missing:
     if not ids:
         raise InputError(f"{references.name} and {predictions.name} share no question_id; check that they belong together")
     return Pairs(ids, [refs[i] for i in ids], [preds[i] for i in ids])
+
+
+def append_results_csv(path: Path, model_name: str, scores: dict[str, float]) -> None:
+    """Append one row like the original ``append_results_to_csv`` (header written only for a new file).
+
+    An existing file keeps its own column order; metrics it has no column for are refused rather than dropped.
+    """
+    row = {"Model Name": model_name, **scores}
+    if path.exists() and path.stat().st_size > 0:
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+        extra = [k for k in row if k not in header]
+        if extra:
+            raise InputError(f"{path} has no column(s) {', '.join(extra)}; write to a new CSV or choose matching --metrics")
+        with path.open("a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=header).writerow(row)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+
+
+def align_for_compare(a: Pairs, b: Pairs, name_a: str, name_b: str, allow_missing: bool) -> tuple[Pairs, Pairs]:
+    """Two prediction files on the same references, restricted to their shared ids (reference order)."""
+    if a.ids == b.ids:
+        return a, b
+    shared = set(a.ids) & set(b.ids)
+    if not allow_missing:
+        raise InputError(
+            f"{name_a} and {name_b} cover different ids ({len(a.ids)} vs {len(b.ids)}, "
+            f"{len(shared)} shared); pass --allow-missing to compare on the shared ids"
+        )
+    keep = [i for i in a.ids if i in shared]
+    a_pred, b_pred = dict(zip(a.ids, a.predictions, strict=True)), dict(zip(b.ids, b.predictions, strict=True))
+    refs = dict(zip(a.ids, a.references, strict=True))
+    return (Pairs(keep, [refs[i] for i in keep], [a_pred[i] for i in keep]),
+            Pairs(keep, [refs[i] for i in keep], [b_pred[i] for i in keep]))
