@@ -37,3 +37,19 @@ def test_folder_kinds_and_missing_weights(tmp_path) -> None:
         loading.folder_kind(tmp_path)
     with pytest.raises(ModelLoadError, match="neither a folder nor a hub id"):
         loading.hub_folder("./does/not/exist")
+
+
+def test_vision_tower_resolution_order(tmp_path, monkeypatch) -> None:
+    from libra_cli.model.encoders import resolve_vision_tower_path
+
+    ckpt, cwd = tmp_path / "ckpt", tmp_path / "work"
+    for root in (ckpt, cwd):
+        (root / "tower").mkdir(parents=True)
+        (root / "tower" / "config.json").write_text("{}")
+    monkeypatch.chdir(cwd)
+    assert resolve_vision_tower_path("tower", ckpt) == str((ckpt / "tower").resolve())  # checkpoint folder first
+    assert resolve_vision_tower_path("tower", tmp_path / "elsewhere") == str((cwd / "tower").resolve())  # then cwd
+    assert resolve_vision_tower_path("microsoft/rad-dino", ckpt) == "microsoft/rad-dino"  # then the hub
+    assert resolve_vision_tower_path("x", ckpt, override=str(ckpt / "tower")) == str((ckpt / "tower").resolve())
+    with pytest.raises(ModelLoadError, match="--vision-tower"):
+        resolve_vision_tower_path("../missing-tower", ckpt)
