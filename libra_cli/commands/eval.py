@@ -110,7 +110,8 @@ def _render(result: dict[str, Any], model_name: str) -> None:
     console.print(table)
     s = result["settings"]
     console.print(
-        f"[dim]cleaning {'on' if s['clean'] else 'off'}; ROUGE-L {s['rouge_l']}; {_versions_line(result['versions'])}[/]",
+        f"[dim]{result['n']} pairs in {result['seconds']:.2f} s ({result['n'] / max(result['seconds'], 1e-9):,.0f} pairs/s); "
+        f"cleaning {'on' if s['clean'] else 'off'}; ROUGE-L {s['rouge_l']}; {_versions_line(result['versions'])}[/]",
         highlight=False,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -180,6 +181,7 @@ def _evaluate(
     if len(references) == 0:
         raise InputError("nothing to evaluate: no reference/prediction pairs")
     groups = parse_metrics(metrics)
+    t0 = time.perf_counter()
     refs = [prepare(str(t), clean) for t in references]
     preds = [prepare(str(t), clean) for t in predictions]
     options = {"bertscore_model": bertscore_model, "radgraph_model": radgraph_model, "device": device, "batch_size": batch_size}
@@ -197,6 +199,7 @@ def _evaluate(
             "seed": seed,
         },
         "versions": metric_versions(groups),
+        "seconds": time.perf_counter() - t0,
     }
     if bootstrap > 0:
         ci = bootstrap_ci(samples, n_samples=bootstrap, seed=seed)
