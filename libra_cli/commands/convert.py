@@ -52,7 +52,8 @@ def convert(
         typer.echo(json.dumps(res.to_dict(), indent=2))
         return
     typer.echo(f"wrote {res.out}: {res.source_kind} -> standalone {res.dtype}, {res.num_tensors} tensors "
-               f"({res.num_params / 1e6:.2f}M params), {len(res.shards)} shard(s), {res.total_bytes / 1e6:.1f} MB")
+               f"({res.num_params / 1e6:.2f}M params), {len(res.shards)} shard(s), {res.total_bytes / 1e6:.1f} MB "
+               f"in {res.seconds:.1f} s ({res.total_bytes / 1e6 / max(res.seconds, 1e-9):.1f} MB/s incl. verification)")
     typer.echo(f"vision tower: {res.vision_tower}{' (bundled)' if res.bundled_vision_tower else ''}")
     if res.verified:
         typer.echo(f"verified: probe logits max |diff| {res.max_abs_diff:.3g} "
