@@ -203,8 +203,9 @@ def _eos_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
     ids = [eos] if isinstance(eos, int) else list(eos or [])
     stop_strings = None
     if stop and stop != tok.eos_token:
-        sid = tok.convert_tokens_to_ids(stop) if stop in tok.get_vocab() else None
-        if sid is not None and sid != tok.unk_token_id:
+        # one token lookup, not get_vocab(): that builds the whole vocabulary dict on every batch
+        sid = tok.convert_tokens_to_ids(stop)
+        if isinstance(sid, int) and sid != tok.unk_token_id:
             ids.append(int(sid))
         elif stop.strip():
             stop_strings = [stop]

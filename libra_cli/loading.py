@@ -396,6 +396,7 @@ class SpmCodec:
         self.size = self.sp.get_piece_size()
         self.special = set(tokenizer.all_special_ids)
         self.added = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()}
+        self.added_ids = set(self.added.values())
         self.special_tokens = set(tokenizer.all_special_tokens)
         unk = tokenizer.unk_token or "<unk>"
         self.unk = unk
@@ -451,7 +452,7 @@ class SpmCodec:
         for t in ids:
             if t in self.special:
                 continue
-            if 0 <= t < self.size and t not in self.added.values():
+            if 0 <= t < self.size and t not in self.added_ids:
                 run.append(t)
             else:  # added tokens live outside the SentencePiece vocabulary
                 out += self.sp.decode(run) + (self.tokenizer.convert_ids_to_tokens(t) or "")
