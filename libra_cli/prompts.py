@@ -175,17 +175,27 @@ def tokenize_with_image(prompt: str, tokenizer: Any, image_token_index: int = IM
     """
     enc = encode or (lambda text: list(tokenizer(text).input_ids))
     chunks = [enc(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
-    ids: list[int] = []
-    offset = 0
     bos = getattr(tokenizer, "bos_token_id", None)
-    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+    return join_image_chunks(chunks, [image_token_index] * (len(chunks) - 1), lambda t: bos is not None and t == bos)
+
+
+def join_image_chunks(chunks: list[list[Any]], separators: list[Any], is_bos: Any) -> list[Any]:
+    """Join per-chunk tokens around the image placeholders as the original did.
+
+    If the first chunk starts with BOS, it is kept once and the first item of *every* chunk is
+    dropped (the original's ``offset``); ``separators[i]`` goes between chunks ``i`` and ``i + 1``.
+    Items are ids, or (id, span) pairs for label masking: one join for inference and training.
+    """
+    out: list[Any] = []
+    offset = 0
+    if chunks and chunks[0] and is_bos(chunks[0][0]):
         offset = 1
-        ids.append(chunks[0][0])
+        out.append(chunks[0][0])
     for i, chunk in enumerate(chunks):
         if i > 0:
-            ids.append(image_token_index)
-        ids.extend(chunk[offset:])
-    return ids
+            out.append(separators[i - 1])
+        out.extend(chunk[offset:])
+    return out
 
 
 def expand_image_tokens(ids: list[int], num_patches: int, image_token_index: int = IMAGE_TOKEN_INDEX) -> list[int]:

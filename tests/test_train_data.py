@@ -212,3 +212,19 @@ def test_dataset_truncation_and_dummy_prior(tmp_path, tok):
     tiny = LibraTrainDataset(recs, tmp_path, tok, proc, "libra_v1", num_image_tokens=25, model_max_length=30)
     with pytest.raises(InputError, match="no room"):
         tiny[1]
+
+
+def test_training_prompt_ids_equal_inference_ids(tok) -> None:
+    """Training and inference join the image chunks with one function; the prompt ids must agree."""
+    from libra_cli.loading import SpmCodec
+    from libra_cli.prompts import build_prompt, tokenize_with_image
+
+    codec = SpmCodec.for_folder(str(TOKENIZER), tok)
+    question = "Describe  the  findings."
+    turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": "Heart  size is  normal."}]
+    ids, labels = build_example(turns, tok, "libra_v1")
+    prompt, _ = build_prompt(question, "libra_v1")
+    prompt_ids = tokenize_with_image(prompt, tok, encode=codec.encode)
+    assert ids[: len(prompt_ids)] == prompt_ids
+    answer = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
+    assert answer == codec.encode("Heart  size is  normal.")[1:] + [tok.eos_token_id]

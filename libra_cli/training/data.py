@@ -93,27 +93,22 @@ def conversation_text(turns: list[dict], conv_mode: str, mm_use_im_start_end: bo
 
 def tokenize_with_offsets(text: str, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]]]:
     """``prompts.tokenize_with_image`` plus each token's character span in ``text`` (image: empty span)."""
-    chunks = text.split(prompts.IMAGE_TOKEN)
-    ids: list[int] = []
-    offs: list[tuple[int, int]] = []
-    bos = getattr(tokenizer, "bos_token_id", None)
-    pos = 0
-    drop_first = False
-    for i, chunk in enumerate(chunks):
+    def encode(chunk: str) -> tuple[list[int], list[tuple[int, int]]]:
         enc = tokenizer(chunk, return_offsets_mapping=True)
-        cids, coffs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        if i == 0:
-            drop_first = bool(cids) and bos is not None and cids[0] == bos
-            ids.extend(cids)
-            offs.extend((pos + a, pos + b) if b > a else (pos, pos) for a, b in coffs)
-        else:
-            ids.append(IMAGE_TOKEN_INDEX)
-            offs.append((pos - len(prompts.IMAGE_TOKEN), pos - len(prompts.IMAGE_TOKEN)))
-            start = 1 if drop_first else 0
-            ids.extend(cids[start:])
-            offs.extend((pos + a, pos + b) if b > a else (pos, pos) for a, b in coffs[start:])
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    pieces: list[list[tuple[int, tuple[int, int]]]] = []
+    images: list[tuple[int, tuple[int, int]]] = []
+    pos = 0
+    for i, chunk in enumerate(text.split(prompts.IMAGE_TOKEN)):
+        if i > 0:
+            images.append((IMAGE_TOKEN_INDEX, (pos - len(prompts.IMAGE_TOKEN),) * 2))
+        cids, coffs = encode(chunk)
+        pieces.append([(t, (pos + a, pos + b) if b > a else (pos, pos)) for t, (a, b) in zip(cids, coffs, strict=True)])
         pos += len(chunk) + len(prompts.IMAGE_TOKEN)
-    return ids, offs
+    bos = getattr(tokenizer, "bos_token_id", None)
+    joined = prompts.join_image_chunks(pieces, images, lambda item: bos is not None and item[0] == bos)
+    return [t for t, _ in joined], [o for _, o in joined]
 
 
 def build_example(turns: list[dict], tokenizer: Any, conv_mode: str, mm_use_im_start_end: bool = False) -> tuple[list[int], list[int]]:
