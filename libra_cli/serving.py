@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from libra_cli.errors import InputError, LibraError
+from libra_cli.streaming import DecodingStreamer
 
 RESEARCH_NOTICE = "Research use only — not for clinical decisions. Drafts can be wrong; a radiologist must review every finding."
 DUMMY_PRIOR_NOTICE = (
@@ -121,35 +122,24 @@ def _free_memory() -> None:
 _STOP = object()
 
 
-class QueueStreamer:
+class QueueStreamer(DecodingStreamer):
     """A ``generate`` streamer in the manner of transformers' ``TextIteratorStreamer``.
 
     ``generate`` runs in a worker thread and calls ``put``/``end``; the request handler iterates
-    over the streamer and gets the whole answer so far after each token. The text is decoded
-    with the model's own decoder (SentencePiece-exact) and held back while it ends in a partial
-    multi-byte character. A failure in the worker is re-raised in the iterating thread.
+    over the streamer and gets the whole answer so far after each token (decoding: see
+    :class:`~libra_cli.streaming.DecodingStreamer`). A failure in the worker is re-raised in the
+    iterating thread.
     """
 
     def __init__(self, loaded: Any, timeout: float | None = 600.0) -> None:
-        self.loaded = loaded
+        super().__init__(loaded)
         self.timeout = timeout
-        self.ids: list[int] = []
-        self.text = ""
-        self._prompt_seen = False
         self._q: queue.Queue[Any] = queue.Queue()
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # the first call carries the prompt
-            self._prompt_seen = True
-            return
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
-        text = self.loaded.decode(self.ids).lstrip()
-        if text.endswith("\ufffd") or text == self.text:
-            return
-        self.text = text
+    def on_text(self, text: str) -> None:
         self._q.put(text)
 
-    def end(self) -> None:
+    def on_end(self, text: str) -> None:
         self._q.put(_STOP)
 
     def fail(self, exc: BaseException) -> None:
