@@ -107,21 +107,12 @@ class _Progress:
     def start(self, total: int) -> None:
         import time
 
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from libra_cli.progress import progress_bar
 
         self.t0 = time.perf_counter()
         if self.quiet:
             return
-        self.bar = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=self.console, transient=False)
+        self.bar = progress_bar(self.console, "generating")
         self.task = self.bar.add_task("gen", total=total, rate="")
         self.bar.start()
 

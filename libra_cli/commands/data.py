@@ -86,26 +86,15 @@ def extract_sections(
     no_split: Annotated[bool, typer.Option("--no-split", help="Write one mimic_cxr_sections.csv instead of 10,000-row chunks.")] = False,
 ) -> None:
     """Split free-text reports into sections (MIMIC-CXR scripts with Libra's customisation)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from libra_cli.data.sections import extract_sections as run
+    from libra_cli.progress import progress_bar
 
     con = _console()
     nworkers = workers or max(1, min(os.cpu_count() or 1, 16))
     t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]sections"), BarColumn(), MofNCompleteColumn(), TextColumn("patients"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=con, transient=True,
-    ) as bar:
+    with progress_bar(con, "sections", unit="patients", transient=True) as bar:
         task = bar.add_task("sections", total=None, rate="")
 
         def on_start(total: int) -> None:
