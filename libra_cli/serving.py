@@ -504,9 +504,21 @@ def build_app(server: Server) -> Any:
     return demo
 
 
+def check_port(host: str, port: int) -> None:
+    """A one-line error when the address is taken or cannot be bound."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port or --host") from exc
+
+
 def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           block: bool = True, log: Callable[[str], None] = print) -> Any:
     """Build the page and launch it (preloading the default model so the first request is quick)."""
+    check_port(host, port)  # before minutes of model loading, not after
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     server = Server(options)
     if options.preload:

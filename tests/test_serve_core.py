@@ -121,3 +121,17 @@ def test_serve_cli_help_and_bad_port() -> None:
         assert flag in r.output
     r = CliRunner().invoke(app, ["serve", "--port", "70000", "--no-preload"])
     assert r.exit_code != 0 and "not a valid port" in str(r.exception)
+
+
+def test_port_in_use_is_a_one_line_error() -> None:
+    import socket
+
+    from libra_cli.errors import InputError
+    from libra_cli.serving import check_port
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}.*--port"):
+            check_port("127.0.0.1", port)
