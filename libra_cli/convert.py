@@ -329,10 +329,6 @@ def _source_dtype(config_path: Path) -> str:
     return saved if saved in DTYPE_NAMES else "float32"
 
 
-def _weights_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for pat in ("*.safetensors", "*.bin") for f in folder.glob(pat))
-
-
 def _physical_memory() -> int:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -519,7 +515,7 @@ def convert(
     source's probe logits, and only then moved to ``out``. Raises ``VerificationError`` (exit 3)
     when the logits differ beyond ``tolerance`` x logit scale; ``out`` is then left untouched.
     """
-    from libra_cli.loading import folder_kind, hub_folder, load_model, resolve_device
+    from libra_cli.loading import checkpoint_bytes, folder_kind, hub_folder, load_model, resolve_device
 
     t0 = time.perf_counter()
     shard_bytes = parse_size(max_shard_size)
@@ -536,7 +532,7 @@ def convert(
     weights_folder = Path(base_folder or src_folder)
     stored = _source_dtype(weights_folder / "config.json")
     target = target_req or _source_dtype(Path(src_folder) / "config.json")
-    work = choose_work_dtype(target, stored, _weights_bytes(weights_folder), dev)
+    work = choose_work_dtype(target, stored, checkpoint_bytes(weights_folder), dev)
     notes: list[str] = []
 
     _say(log, f"loading {src} ({kind}{' + ' + str(model_base) if base_folder else ''}) in {work} on {dev}")

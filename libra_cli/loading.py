@@ -114,7 +114,8 @@ def checkpoint_keys(folder: str | Path) -> list[str]:
         with safe_open(str(f / "model.safetensors"), "pt") as sf:
             return list(sf.keys())
     if (f / "pytorch_model.bin").is_file():
-        return list(torch.load(f / "pytorch_model.bin", map_location="meta", weights_only=True))
+        # mmap: only the pickle's key list is read, not gigabytes of tensors that from_pretrained reads again
+        return list(torch.load(f / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
     return []
 
 
@@ -197,10 +198,15 @@ def resolve_attention(attn: str, device: str, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
+def checkpoint_bytes(folder: str | Path) -> int:
+    """Size on disk of a full checkpoint's weight files (safetensors, else pytorch_model*.bin)."""
+    files = list(Path(folder).glob("*.safetensors")) or list(Path(folder).glob("pytorch_model*.bin"))
+    return sum(f.stat().st_size for f in files)
+
+
 def weight_bytes(folder: str | Path, config: Any, dtype: torch.dtype) -> int:
     """Bytes the LLM weights take in ``dtype``, from the checkpoint files' sizes (nothing is read)."""
-    files = list(Path(folder).glob("*.safetensors")) or list(Path(folder).glob("pytorch_model*.bin"))
-    stored = sum(f.stat().st_size for f in files)
+    stored = checkpoint_bytes(folder)
     saved = str(getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or "float32")
     stored_size = 2 if ("16" in saved) else 4
     return int(stored * torch.empty((), dtype=dtype).element_size() / stored_size)
