@@ -129,8 +129,7 @@ class Report:
     id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
+        return asdict(self)
 
 
 @dataclass

@@ -46,7 +46,8 @@ class LibraMixin:
 
     _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]
 
-    def _libra_init(self) -> None:
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)  # the backbone's XForCausalLM (next in the MRO)
         self.model.mm_projector = build_connector(self.config)
         self.model.vision_tower = None
 
@@ -189,49 +190,25 @@ class LibraQwen3Config(Qwen3Config):
 class LibraLlamaForCausalLM(LibraMixin, LlamaForCausalLM):
     config_class = LibraConfig
 
-    def __init__(self, config: LibraConfig) -> None:
-        super().__init__(config)
-        self._libra_init()
-
 
 class LibraMistralForCausalLM(LibraMixin, MistralForCausalLM):
     config_class = LibraMistralConfig
-
-    def __init__(self, config: LibraMistralConfig) -> None:
-        super().__init__(config)
-        self._libra_init()
 
 
 class LibraPhi3ForCausalLM(LibraMixin, Phi3ForCausalLM):
     config_class = LibraPhi3Config
 
-    def __init__(self, config: LibraPhi3Config) -> None:
-        super().__init__(config)
-        self._libra_init()
-
 
 class LibraGemmaForCausalLM(LibraMixin, GemmaForCausalLM):
     config_class = LibraGemmaConfig
-
-    def __init__(self, config: LibraGemmaConfig) -> None:
-        super().__init__(config)
-        self._libra_init()
 
 
 class LibraQwen2ForCausalLM(LibraMixin, Qwen2ForCausalLM):
     config_class = LibraQwen2Config
 
-    def __init__(self, config: LibraQwen2Config) -> None:
-        super().__init__(config)
-        self._libra_init()
-
 
 class LibraQwen3ForCausalLM(LibraMixin, Qwen3ForCausalLM):
     config_class = LibraQwen3Config
-
-    def __init__(self, config: LibraQwen3Config) -> None:
-        super().__init__(config)
-        self._libra_init()
 
 
 # model_type -> (config class, model class, base HF model_type)
