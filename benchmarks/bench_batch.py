@@ -35,8 +35,8 @@ def main() -> int:
     import numpy as np
 
     from libra_cli import batch as b
+    from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings
-    from libra_cli.loading import load_model
 
     loaded = load_model(args.model, device="cpu")
     cur = b.decode_image(str(SHARED / "data/cxr/current.jpg"), loaded)

@@ -23,7 +23,7 @@ SHARED = Path(os.environ.get("LIBRA_SHARED", REPO.parent / "shared"))
 
 CHILD = r"""
 import json, sys, time, torch
-from libra_cli.loading import load_model
+from libra_cli.checkpoint import load_model
 from libra_cli.generation import Sample, prepare_batch
 def kb(field):  # /proc/self/status value in kB (VmRSS now, VmHWM peak)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [run(SHARED / "fixtures/tiny-libra-tac", "fixture tiny-libra-tac")]
     if not args.skip_100m:
-        from libra_cli.tiny import make_tiny_libra
+        from libra_cli.testing.tiny import make_tiny_libra
 
         tmp = Path(tempfile.mkdtemp())
         try:

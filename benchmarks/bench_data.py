@@ -38,7 +38,7 @@ def _child_cpu() -> float:
 def bench_pairs(work: Path, subjects: int, snippet_subjects: int, repeats: int) -> None:
     import pandas as pd
 
-    from libra_cli.data.synthetic import make_metadata, write_metadata_csv, write_split_csv
+    from libra_cli.testing.mimic import make_metadata, write_metadata_csv, write_split_csv
 
     meta_p, split_p = work / "mimic-cxr-2.0.0-metadata.csv.gz", work / "mimic-cxr-2.0.0-split.csv.gz"
     t = time.perf_counter()
@@ -108,7 +108,7 @@ def bench_sections(work: Path, reports: int, workers: int, ref_reports: int) -> 
     from test_data_reference import reference_sections
 
     from libra_cli.data.sections import SPECIAL_SECTION, SPECIAL_SLICE, extract_sections
-    from libra_cli.data.synthetic import write_report_tree
+    from libra_cli.testing.mimic import write_report_tree
 
     root = work / f"reports_{reports}" / "files"
     if not root.exists():

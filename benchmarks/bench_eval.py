@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate runs of each side; the best is kept")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from libra_cli.metrics.synthetic import make_pairs
+    from libra_cli.testing.reports import make_pairs
 
     refs, preds = make_pairs(args.pairs, seed=0)
     with tempfile.TemporaryDirectory() as tmp:

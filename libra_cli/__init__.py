@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (resolved on first access)
 _LAZY = {
     "LibraError": "libra_cli.errors",
-    "load_model": "libra_cli.loading",
-    "LoadedModel": "libra_cli.loading",
+    "load_model": "libra_cli.checkpoint.load",
+    "LoadedModel": "libra_cli.checkpoint.load",
     "generate_report": "libra_cli.generation",
     "generate": "libra_cli.generation",
     "Sample": "libra_cli.generation",

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from libra_cli import __version__
-from libra_cli.errors import LibraError
+from libra_cli.errors import LibraError, explain
 
 app = typer.Typer(
     name="libra",
@@ -77,18 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last line of defence: never show a traceback unasked
         if debug:
             raise
-        msg = _known_failure(exc) or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        msg = explain(exc) or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
         err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         sys.exit(1)
-
-
-def _known_failure(exc: Exception) -> str | None:
-    """Map environment failures that are not bugs to an actionable message."""
-    name = type(exc).__name__
-    text = str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
-        return (
-            "out of memory: lower --batch-size / --max-new-tokens / --num-beams, use --dtype bfloat16, "
-            "or load in 4-bit (--load-4bit)"
-        )
-    return None

@@ -8,33 +8,24 @@ leaves a half-written checkpoint at the output path.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
 import re
-import shutil
-import signal
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from libra_cli.atomic import atomic_output, check_output
+from libra_cli.checkpoint import layout
+from libra_cli.checkpoint.runtime import DTYPES, dtype_name, parse_dtype, physical_memory, saved_dtype
 from libra_cli.errors import InputError, LibraError, ModelLoadError
 
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
-BUNDLED_TOWER_DIR = "vision_tower"
 PROBE_POSITIONS = 32  # logits compared at the last N prompt positions (they depend on every earlier one)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.tiktoken", "qwen.tiktoken")
-TOWER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 Log = Callable[[str], None]
 
@@ -66,124 +57,7 @@ def parse_size(text: str | int) -> int:
     return size
 
 
-def parse_dtype(name: str | None) -> str | None:
-    """Canonical dtype name (``float32``/``bfloat16``/``float16``) or None for 'keep the source's'."""
-    if name in (None, "", "auto", "keep"):
-        return None
-    n = _DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
-    if n not in DTYPE_NAMES:
-        raise InputError(f"unknown --dtype {name!r}; use bfloat16, float16 or float32 (or auto: keep the source's)")
-    return n
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-# ------------------------------------------------------------------ safe output
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_temps(out: Path) -> None:
-    """Remove temporary folders/files of earlier runs for ``out`` whose process is gone."""
-    if not out.parent.is_dir():
-        return
-    for p in out.parent.glob(f".{out.name}.tmp-*"):
-        m = re.match(rf"\.{re.escape(out.name)}\.tmp-(\d+)-", p.name)
-        if m and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def check_output(out: str | Path, force: bool, is_dir: bool = True, protect: tuple[str | Path | None, ...] = ()) -> Path:
-    """Validate an output path before any work: refuse a non-empty one without ``force``, or one that
-    overlaps an input (replacing it would delete the source)."""
-    out = Path(out).expanduser().resolve()
-    for p in protect:
-        if not p:
-            continue
-        src = Path(p).expanduser().resolve()
-        if not src.exists():
-            continue
-        if out == src or (src.is_dir() and out.is_relative_to(src) and is_dir) or src.is_relative_to(out):
-            raise InputError(f"output {out} overlaps the input {src}; choose another output path")
-    if out.exists():
-        if is_dir and not out.is_dir():
-            raise InputError(f"output {out} is a file; give a folder path")
-        if not is_dir and out.is_dir():
-            raise InputError(f"output {out} is a folder; give a file path")
-        non_empty = out.is_file() or any(out.iterdir())
-        if non_empty and not force:
-            what = "folder is not empty" if is_dir else "file exists"
-            raise InputError(f"output {out}: {what}; pass --force to replace it, or choose another path")
-    if not out.parent.is_dir():
-        raise InputError(f"the parent folder of {out} does not exist; create it first")
-    return out
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM -> KeyboardInterrupt inside the block, so the temporary output is cleaned up."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path, is_dir: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success move it into place (replacing ``out``).
-
-    On any error or interrupt the temporary path is removed and ``out`` is left as it was.
-    """
-    _clean_stale_temps(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if is_dir:
-        tmp.mkdir()
-    try:
-        with _terminate_as_interrupt():
-            yield tmp
-            _move_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is set aside first and restored if the rename fails."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.parent / f".{out.name}.tmp-{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-
-
 # ------------------------------------------------------------------ export-projector
-
-PROJECTOR_PREFIX = "model.mm_projector."
-
 
 @dataclass
 class ProjectorExport:
@@ -199,91 +73,56 @@ class ProjectorExport:
     checked_against_config: bool
 
 
-def _strip_trainables_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``non_lora_trainables`` keys -> model keys (strip ``base_model.``, then ``model.`` when doubled)."""
-    state = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in state.items()}
-    if any(k.startswith("model.model.") for k in state):
-        state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
-    return state
-
-
 def read_projector(src: str | Path) -> tuple[dict[str, torch.Tensor], str, str, Path | None]:
-    """Connector tensors (``model.mm_projector.*``) from any layout that holds them.
+    """The connector's tensors from any layout that holds them.
 
     Returns (state, source kind, file read, folder with a config.json or None).
-    Accepts a full checkpoint (folder or hub id), a stage-1 folder (``mm_projector.bin``), a LoRA
-    folder (``non_lora_trainables.bin``), or one of those ``.bin`` files directly.
+    Accepts a full checkpoint (folder or hub id), a stage-1 folder, a LoRA folder, or one of their
+    connector files directly.
     """
-    from libra_cli.loading import folder_kind, hub_folder, load_bin, read_tensors
+    from libra_cli.checkpoint.hub import hub_folder
 
     p = Path(str(src)).expanduser()
     if p.is_file():
-        state = _strip_trainables_prefix(load_bin(p))
-        kind = "lora" if p.name == "non_lora_trainables.bin" else "projector-file"
+        state = layout.strip_trainables_prefix(layout.load_bin(p))
+        kind = "lora" if p.name == layout.NON_LORA_FILE else "projector-file"
         cfg_dir = p.parent if (p.parent / "config.json").is_file() else None
-        return _only_projector(state, p), kind, str(p), cfg_dir
+        return layout.only_connector(state, p), kind, str(p), cfg_dir
     folder = Path(hub_folder(str(src), what="source"))
-    kind = folder_kind(folder)
+    kind = layout.folder_kind(folder)
     if kind == "full":
-        state = read_tensors(folder, PROJECTOR_PREFIX)
+        state = layout.read_tensors(folder, layout.CONNECTOR_PREFIX)
         file = str(folder)
     elif kind == "projector":
-        f = folder / "mm_projector.bin"
-        if not f.is_file():
-            f = folder / "mm_tac_projector.bin"
-        state, file = load_bin(f), str(f)
+        f = layout.projector_file(folder)
+        state, file = layout.load_bin(f), str(f)
     else:  # lora
-        f = folder / "non_lora_trainables.bin"
+        f = layout.non_lora_file(folder)
         if not f.is_file():
-            raise InputError(f"{folder} is a LoRA folder without non_lora_trainables.bin: it holds no connector "
+            raise InputError(f"{folder} is a LoRA folder without {f.name}: it holds no connector "
                              "weights; export from its base model instead")
-        state, file = _strip_trainables_prefix(load_bin(f)), str(f)
+        state, file = layout.strip_trainables_prefix(layout.load_bin(f)), str(f)
     cfg_dir = folder if (folder / "config.json").is_file() else None
-    return _only_projector(state, Path(file)), kind, file, cfg_dir
-
-
-def _only_projector(state: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
-    out = {k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
-    if not out:
-        raise InputError(f"{where} holds no {PROJECTOR_PREFIX}* tensors; is it a Libra checkpoint with a connector?")
-    return out
-
-
-def check_projector_fits(state: dict[str, torch.Tensor], config_dir: Path) -> str:
-    """Load ``state`` strictly into a fresh connector built from the config: what a stage-2 start does."""
-    from transformers import AutoConfig
-
-    from libra_cli.model import modeling  # noqa: F401 - registers the Libra configs
-    from libra_cli.model.connectors import build_connector, normalize_connector_keys
-
-    config = AutoConfig.from_pretrained(str(config_dir))
-    with torch.device("meta"):
-        conn = build_connector(config)
-    sub = {k[len(PROJECTOR_PREFIX):]: v for k, v in normalize_connector_keys(state).items()}
-    missing, unexpected = conn.load_state_dict(sub, strict=False, assign=True)
-    if missing or unexpected:
-        raise InputError(
-            f"the connector weights do not fit {config_dir}/config.json ({getattr(config, 'mm_projector_type', '?')}): "
-            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
-        )
-    return str(getattr(config, "mm_projector_type", "?"))
+    return layout.only_connector(state, Path(file)), kind, file, cfg_dir
 
 
 def export_projector(src: str | Path, out: str | Path, dtype: str | None = None, force: bool = False) -> ProjectorExport:
-    """Write the connector weights of ``src`` to ``out`` as a torch state dict (``model.mm_projector.*``)."""
+    """Write the connector weights of ``src`` to ``out`` as a torch state dict (the stage-1 file layout)."""
     out_path = check_output(out, force, is_dir=False, protect=(src,))
     state, kind, file, cfg_dir = read_projector(src)
     target = parse_dtype(dtype)
     if target:
-        state = {k: (v.to(DTYPE_NAMES[target]) if v.is_floating_point() else v) for k, v in state.items()}
+        state = {k: (v.to(DTYPES[target]) if v.is_floating_point() else v) for k, v in state.items()}
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    from libra_cli.checkpoint.load import check_projector_fits
+
     connector = check_projector_fits(state, cfg_dir) if cfg_dir is not None else None
     with atomic_output(out_path, is_dir=False) as tmp:
         torch.save(state, tmp)
         back = torch.load(tmp, map_location="cpu", weights_only=True)  # the file must read back as written
         if set(back) != set(state) or any(not torch.equal(back[k], state[k]) for k in state):
             raise LibraError(f"{tmp} did not read back as written (disk problem?); nothing was written to {out_path}")
-    dtypes = sorted({_dtype_name(v.dtype) for v in state.values()})
+    dtypes = sorted({dtype_name(v.dtype) for v in state.values()})
     return ProjectorExport(out=str(out_path), source_kind=kind, source_file=file, num_tensors=len(state),
                            num_params=sum(v.numel() for v in state.values()), dtype="/".join(dtypes),
                            connector=connector, checked_against_config=connector is not None)
@@ -322,18 +161,9 @@ class ConvertResult:
 def _source_dtype(config_path: Path) -> str:
     """The dtype the source checkpoint was stored in (config ``torch_dtype``/``dtype``), float32 if unknown."""
     try:
-        d = json.loads(config_path.read_text())
+        return saved_dtype(json.loads(config_path.read_text()))
     except (OSError, ValueError):
         return "float32"
-    saved = str(d.get("torch_dtype") or d.get("dtype") or "float32").replace("torch.", "")
-    return saved if saved in DTYPE_NAMES else "float32"
-
-
-def _physical_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 0
 
 
 def choose_work_dtype(target: str, stored: str, weights_bytes: int, device: str) -> str:
@@ -343,7 +173,7 @@ def choose_work_dtype(target: str, stored: str, weights_bytes: int, device: str)
     bytes_per = {"float32": 4, "bfloat16": 2, "float16": 2}[stored]
     fp32_bytes = weights_bytes * 4 // bytes_per
     if device == "cpu":
-        mem = _physical_memory()
+        mem = physical_memory()
         return "float32" if mem and fp32_bytes < 0.4 * mem else target
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
@@ -394,51 +224,19 @@ def _cast_like_reload(lm: Any, dtype: torch.dtype) -> None:
 
 
 def _tokenizer_folder(src_folder: str, base_folder: str | None) -> Path | None:
-    from libra_cli.loading import _has_tokenizer
-
-    if _has_tokenizer(src_folder):
+    if layout.has_tokenizer(src_folder):
         return Path(src_folder)
-    if base_folder and _has_tokenizer(base_folder):
+    if base_folder and layout.has_tokenizer(base_folder):
         return Path(base_folder)
     return None
-
-
-def _copy_tokenizer(src: Path | None, dst: Path) -> list[str]:
-    if src is None:
-        return []
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, dst / name)
-            copied.append(name)
-    return copied
-
-
-def _bundle_tower(tower_folder: Path, dst: Path) -> int:
-    """Copy the encoder's config, weights and preprocessor (only those) into ``dst``."""
-    dst.mkdir()
-    n = 0
-    weights = sorted(tower_folder.glob("*.safetensors")) or sorted(tower_folder.glob("pytorch_model*.bin"))
-    if not weights:
-        raise InputError(f"vision tower folder {tower_folder} holds no weights (*.safetensors / pytorch_model.bin)")
-    for f in [*(tower_folder / n for n in TOWER_FILES), *weights]:
-        if f.is_file():
-            shutil.copy(f, dst / f.name)  # follows hub-cache symlinks
-            n += f.stat().st_size
-    if not (dst / "preprocessor_config.json").is_file():
-        raise InputError(f"vision tower folder {tower_folder} has no preprocessor_config.json; cannot bundle it")
-    return n
 
 
 def _tower_reference(config: Any, src_folder: str, out: Path, override: str | None, bundle: bool,
                      notes: list[str]) -> tuple[str, Path | None]:
     """The ``mm_vision_tower`` value to write, and the local tower folder (None for a hub id)."""
-    from libra_cli.model.encoders import resolve_vision_tower_path
+    from libra_cli.checkpoint.tower import resolve_vision_tower_path, tower_folder, tower_name
 
-    name = override or getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
-    if not name:
-        raise ModelLoadError("config.json has no mm_vision_tower; pass --vision-tower PATH_OR_HUB_ID")
-    name = str(name)
+    name = tower_name(config, override)
     if name.startswith("hf-hub:"):
         if bundle:
             raise InputError(f"cannot bundle the open_clip tower {name!r}; convert without --bundle-vision-tower")
@@ -447,10 +245,8 @@ def _tower_reference(config: Any, src_folder: str, out: Path, override: str | No
     local = Path(resolved) if Path(resolved).is_dir() else None
     if bundle:
         if local is None:
-            from libra_cli.loading import hub_folder
-
-            local = Path(hub_folder(resolved, allow_patterns=["*.json", "*.safetensors", "*.txt"], what="vision tower"))
-        return f"./{BUNDLED_TOWER_DIR}", local
+            local = tower_folder(resolved)
+        return f"./{layout.BUNDLED_TOWER_DIR}", local
     if local is None:
         return name, None  # hub id: the converted checkpoint fetches it as the source did
     # a path: keep it if it still points at the same folder from the output, else make it absolute
@@ -486,10 +282,6 @@ def _write_config(tmp: Path, src_config: Path, target: str, tower_ref: str) -> N
     (tmp / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
-def _shards(folder: Path) -> list[str]:
-    return sorted(f.name for f in folder.glob("*.safetensors"))
-
-
 def _say(log: Log | None, msg: str) -> None:
     if log is not None:
         log(msg)
@@ -515,14 +307,16 @@ def convert(
     source's probe logits, and only then moved to ``out``. Raises ``VerificationError`` (exit 3)
     when the logits differ beyond ``tolerance`` x logit scale; ``out`` is then left untouched.
     """
-    from libra_cli.loading import checkpoint_bytes, folder_kind, hub_folder, load_model, resolve_device
+    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.load import load_model
+    from libra_cli.checkpoint.runtime import checkpoint_bytes, resolve_device
 
     t0 = time.perf_counter()
     shard_bytes = parse_size(max_shard_size)
     target_req = parse_dtype(dtype)
     dev = resolve_device(device)
     src_folder = hub_folder(src, what="model")
-    kind = folder_kind(src_folder)
+    kind = layout.folder_kind(src_folder)
     if kind != "full" and not model_base:
         raise InputError(f"{src} is a {kind} folder; pass --model-base with the base model it was trained on")
     base_folder = hub_folder(model_base, what="base model") if (kind != "full" and model_base) else None
@@ -551,7 +345,7 @@ def convert(
         _say(log, "computing the probe logits of the source")
         ref = probe_logits(loaded)
     if work != target:
-        _cast_like_reload(lm, DTYPE_NAMES[target])
+        _cast_like_reload(lm, DTYPES[target])
         if verify:
             cast_ref = probe_logits(loaded)
             drift = float((cast_ref - ref).abs().max())
@@ -560,16 +354,15 @@ def convert(
     with atomic_output(out_path, is_dir=True) as tmp:
         _say(log, f"writing {target} safetensors (shards up to {shard_bytes} bytes)")
         lm.save_pretrained(tmp, max_shard_size=shard_bytes)
-        for stray in ("adapter_config.json", "adapter_model.safetensors"):
-            (tmp / stray).unlink(missing_ok=True)
+        layout.remove_adapter_files(tmp)
         _write_config(tmp, Path(src_folder) / "config.json", target, tower_ref)
-        copied = _copy_tokenizer(tok_src, tmp)
+        copied = layout.copy_tokenizer_files(tok_src, tmp)
         if not copied:
             notes.append("no tokenizer files found in the source or base folder; the output has none")
         if bundle_vision_tower and tower_folder is not None:
             _say(log, f"bundling the vision tower from {tower_folder}")
-            _bundle_tower(tower_folder, tmp / BUNDLED_TOWER_DIR)
-        num_params = sum(p.numel() for k, p in lm.state_dict().items() if not k.startswith("model.vision_tower."))
+            layout.bundle_tower(tower_folder, tmp / layout.BUNDLED_TOWER_DIR)
+        num_params = sum(p.numel() for p in layout.without_tower(lm.state_dict()).values())
         # free the source before reloading: two copies of a 7B model do not fit a workstation
         del lm
         loaded.model = None
@@ -580,13 +373,11 @@ def convert(
 
         result = ConvertResult(
             out=str(out_path), source_kind=kind, dtype=target, work_dtype=work, num_tensors=0, num_params=num_params,
-            shards=_shards(tmp), total_bytes=sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
+            shards=layout.weight_shards(tmp), total_bytes=sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
             vision_tower=tower_ref, bundled_vision_tower=bool(bundle_vision_tower and tower_folder is not None),
             verified=False, dtype_drift=drift, notes=notes,
         )
-        from libra_cli.loading import checkpoint_keys
-
-        result.num_tensors = len(checkpoint_keys(tmp))
+        result.num_tensors = len(layout.checkpoint_keys(tmp))
         if verify and ref is not None:
             _say(log, "reloading the result and comparing probe logits")
             try:

@@ -1,4 +1,8 @@
-"""User-facing errors: one line that says what is wrong and what to do."""
+"""User-facing errors: one line that says what is wrong and what to do.
+
+``explain`` maps failures of the environment (out of memory, ...) that are not bugs to such a
+line; the CLI and the web app both use it, so a user sees the same words everywhere.
+"""
 
 from __future__ import annotations
 
@@ -18,3 +22,18 @@ class InputError(LibraError):
 
 class ModelLoadError(LibraError):
     """A checkpoint, tokenizer or encoder that cannot be found or read."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a GPU/CPU out-of-memory error (torch raises several types)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def explain(exc: BaseException) -> str | None:
+    """An actionable one-line message for an environment failure that is not a bug, else None."""
+    if is_oom(exc):
+        return (
+            "out of memory: lower --batch-size / --max-new-tokens / --num-beams, use --dtype bfloat16, "
+            "or load in 4-bit (--load-4bit)"
+        )
+    return None

@@ -1,7 +1,9 @@
 """Report generation: one function for single samples and batches (the CLI, batch and web UI call it).
 
 Inputs are left-padded; image features are scattered into the embeddings of each sample's own
-placeholders, so a sample's output does not depend on what else is in its batch.
+placeholders, so a sample's output does not depend on what else is in its batch. Images enter as
+pixels, or already encoded (``encoder_outputs``, as transformers' LLaVA takes ``image_outputs``)
+when a caller such as ``libra batch`` encodes each image once for many samples.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class GenerationSettings:
 class Sample:
     """One request: current image, optional prior, the question and optional clinical context.
 
-    Images may be paths, URLs, bytes, PIL images, or already-preprocessed ``[3, H, W]`` arrays.
+    Images may be paths, URLs, bytes, PIL images, already-preprocessed ``[3, H, W]`` arrays, or a
+    zero-argument callable returning one of those (a lazy dataset cell).
     """
 
     current: Any
@@ -106,6 +109,8 @@ class Sample:
     context: str | None = None
     id: str | None = None
     history: list[tuple[str, str]] | None = None
+    # the rendered prompt, kept so that a sample is tokenised once (batch planning, then generation)
+    _rendered: tuple[int, tuple[str, list[int], str]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -143,6 +148,8 @@ class BatchInputs:
 
 
 def _pixels(image: Any, loaded: Any) -> np.ndarray:
+    if callable(image) and not isinstance(image, (str, bytes, bytearray)):
+        image = image()
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.float32:
         return image
     if isinstance(image, torch.Tensor) and image.dim() == 3:
@@ -152,17 +159,22 @@ def _pixels(image: Any, loaded: Any) -> np.ndarray:
 
 def prompt_ids(loaded: Any, sample: Sample) -> tuple[str, list[int], str]:
     """Rendered prompt, its ids (one placeholder per image-feature vector) and the stop string."""
-    query = sample.query if sample.query is not None else _default_query(loaded)
+    if sample._rendered is not None and sample._rendered[0] == id(loaded):
+        return sample._rendered[1]
+    query = sample.query if sample.query is not None else default_query(loaded)
     if not query.strip():
         raise InputError("empty prompt; give a question with --prompt or leave it out for the findings query")
     text, stop = build_prompt(query, loaded.conv_mode, bool(getattr(loaded.config, "mm_use_im_start_end", False)),
                               sample.context, sample.history)
     ids = tokenize_with_image(text, loaded.tokenizer, encode=loaded.encode)
-    return text, expand_image_tokens(ids, loaded.num_image_tokens), stop
+    out = (text, expand_image_tokens(ids, loaded.num_image_tokens), stop)
+    sample._rendered = (id(loaded), out)
+    return out
 
 
-def _default_query(loaded: Any) -> str:
-    from libra_cli.registry import lookup
+def default_query(loaded: Any) -> str:
+    """The question a model was trained to answer (the registry's, else the findings query)."""
+    from libra_cli.checkpoint.registry import lookup
 
     known = lookup(loaded.name)
     return known.default_query if known else DEFAULT_QUERY
@@ -211,23 +223,57 @@ def _eos_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
     return ids, stop_strings
 
 
+def encode_images(loaded: Any, pixels: list[Any]) -> torch.Tensor:
+    """The encoder's output for preprocessed images (``[3, H, W]`` each): ``[N, L, P, D]`` on the model's device.
+
+    Callers that see one image in many samples (``libra batch``) encode it once and pass the result
+    to :func:`generate` as ``encoder_outputs``.
+    """
+    model = loaded.model
+    dev = model.get_input_embeddings().weight.device
+    pix = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixels]))
+    with torch.inference_mode():
+        return model.encode_images(pix.to(dev, loaded.dtype))
+
+
+def _connect(loaded: Any, encoder_outputs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """Per-sample encoder outputs (current, prior or None = dummy prior) -> LLM-space image features."""
+    model = loaded.model
+    cur = torch.stack([c for c, _ in encoder_outputs])
+    prior = None
+    if loaded.uses_prior:
+        prior = torch.stack([c if p is None else p for c, p in encoder_outputs])
+    return model.connect(cur, prior)
+
+
 def generate(
     loaded: Any,
     samples: list[Sample],
     settings: GenerationSettings | None = None,
     streamer: Any = None,
     image_features: torch.Tensor | None = None,
+    encoder_outputs: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
 ) -> list[Report]:
-    """Generate one report per sample (a batch). ``image_features`` may be precomputed ``[B, P, H]``."""
+    """Generate one report per sample (a batch).
+
+    Images come from the samples, or precomputed: ``encoder_outputs`` (per sample, the current's and
+    the prior's encoder output ``[L, P, D]`` from :func:`encode_images`; prior None = dummy prior), or
+    ``image_features`` (connector output ``[B, P, H]``).
+    """
     settings = settings or GenerationSettings()
     settings.validate()
     model = loaded.model
     t0 = time.perf_counter()
-    batch = prepare_batch(loaded, samples, with_pixels=image_features is None)
+    precomputed = image_features is not None or encoder_outputs is not None
+    batch = prepare_batch(loaded, samples, with_pixels=not precomputed)
     t_prep = time.perf_counter()
     dev = model.get_input_embeddings().weight.device
     with torch.inference_mode():
-        if image_features is None:
+        if encoder_outputs is not None:
+            if len(encoder_outputs) != len(samples):
+                raise InputError(f"{len(encoder_outputs)} encoder outputs for {len(samples)} samples")
+            image_features = _connect(loaded, encoder_outputs)
+        elif image_features is None:
             image_features = model.get_image_features(batch.pixel_values.to(dev, loaded.dtype))
         t_enc = time.perf_counter()
         eos_ids, stop_strings = _eos_ids(loaded, batch.stop)

@@ -6,8 +6,12 @@ and the web app (``libra serve``) only differ in what they do with it.
 
 from __future__ import annotations
 
+import queue
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
+
+from libra_cli.errors import LibraError
 
 
 class DecodingStreamer:
@@ -63,3 +67,42 @@ class TerminalStreamer(DecodingStreamer):
         self.on_text(text)
         self.out.write("\n")
         self.out.flush()
+
+
+_STOP = object()
+
+
+class QueueStreamer(DecodingStreamer):
+    """A ``generate`` streamer in the manner of transformers' ``TextIteratorStreamer``.
+
+    ``generate`` runs in a worker thread and calls ``put``/``end``; the request handler iterates
+    over the streamer and gets the whole answer so far after each token (decoding: see
+    :class:`DecodingStreamer`). A failure in the worker is re-raised in the
+    iterating thread.
+    """
+
+    def __init__(self, loaded: Any, timeout: float | None = 600.0) -> None:
+        super().__init__(loaded)
+        self.timeout = timeout
+        self._q: queue.Queue[Any] = queue.Queue()
+
+    def on_text(self, text: str) -> None:
+        self._q.put(text)
+
+    def on_end(self, text: str) -> None:
+        self._q.put(_STOP)
+
+    def fail(self, exc: BaseException) -> None:
+        self._q.put(exc)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                item = self._q.get(timeout=self.timeout)
+            except queue.Empty as exc:
+                raise LibraError(f"generation produced nothing for {self.timeout:.0f} s; try again") from exc
+            if item is _STOP:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item

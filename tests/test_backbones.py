@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from libra_cli.checkpoint import load_model
 from libra_cli.generation import GenerationSettings, generate_report
-from libra_cli.loading import load_model
-from libra_cli.tiny import make_tiny_libra, make_vision_tower
+from libra_cli.testing.tiny import make_tiny_libra, make_vision_tower
 from tests.conftest import CXR, FIXTURES
 
 BACKBONES = ["libra", "libra_mistral", "libra_phi3", "libra_gemma", "libra_qwen2", "libra_qwen3"]

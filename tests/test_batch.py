@@ -29,7 +29,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     return load_model(str(FIXTURES / "tiny-libra-tac"), device="cpu")
 
@@ -37,8 +37,8 @@ def fixture_model():
 @pytest.fixture(scope="module")
 def tiny_qwen_mlp(tmp_path_factory: pytest.TempPathFactory):
     """A random Qwen2 + mlp2x_gelu model (no prior, other backbone and connector)."""
-    from libra_cli.loading import load_model
-    from libra_cli.tiny import make_tiny_libra
+    from libra_cli.checkpoint import load_model
+    from libra_cli.testing.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("tiny")
     shutil.copytree(FIXTURES / "tiny-rad-dino", root / "tiny-rad-dino")

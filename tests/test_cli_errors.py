@@ -65,7 +65,7 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys) -> None:
 
 
 def test_conv_mode_mismatch_warns_once(capsys) -> None:
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     for _ in range(2):
         lm = load_model(MODEL, conv_mode="v1", device="cpu")

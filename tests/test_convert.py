@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from libra_cli import convert as core
 from libra_cli.errors import InputError
-from libra_cli.tiny import make_tiny_libra
+from libra_cli.testing.tiny import make_tiny_libra
 from tests.conftest import CXR, FIXTURES
 
 TOK = FIXTURES / "tokenizer"
@@ -74,7 +74,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(path: Path, base: Path | None = None):  # noqa: ANN202
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     return load_model(str(path), model_base=str(base) if base else None, dtype="float32", device="cpu")
 
@@ -147,10 +147,11 @@ def test_float32_bfloat16_float32(work: Path) -> None:
 
 
 def test_export_projector_sources_load_as_stage2_start(work: Path, merged: core.ConvertResult) -> None:
-    from libra_cli.loading import load_bin, load_projector
+    from libra_cli.checkpoint.layout import load_bin, strip_trainables_prefix
+    from libra_cli.checkpoint.load import load_projector
     from libra_cli.model.modeling import LibraLlamaForCausalLM
 
-    lora_conn = core._strip_trainables_prefix(load_bin(work / "lora" / "non_lora_trainables.bin"))
+    lora_conn = strip_trainables_prefix(load_bin(work / "lora" / "non_lora_trainables.bin"))
     expected = {
         "base": core.read_projector(work / "base")[0],
         "stage1": load_bin(work / "stage1" / "mm_projector.bin"),
@@ -230,7 +231,9 @@ def test_failure_midway_leaves_nothing(work: Path, tmp_path: Path, monkeypatch: 
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(core, "_copy_tokenizer", boom)
+    from libra_cli.checkpoint import layout
+
+    monkeypatch.setattr(layout, "copy_tokenizer_files", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         core.convert(str(work / "base"), tmp_path / "out", verify=False)
     assert not (tmp_path / "out").exists() and _no_temps(tmp_path)
@@ -247,7 +250,9 @@ def test_verification_catches_a_corrupt_write(work: Path, tmp_path: Path, monkey
                                               capsys: pytest.CaptureFixture) -> None:
     from safetensors.torch import load_file, save_file
 
-    real = core._copy_tokenizer
+    from libra_cli.checkpoint import layout
+
+    real = layout.copy_tokenizer_files
 
     def corrupt(src, dst):  # noqa: ANN001, ANN202 - runs inside the temp folder, after the weights are written
         f = dst / "model.safetensors"
@@ -256,7 +261,7 @@ def test_verification_catches_a_corrupt_write(work: Path, tmp_path: Path, monkey
         save_file(sd, str(f), metadata={"format": "pt"})
         return real(src, dst)
 
-    monkeypatch.setattr(core, "_copy_tokenizer", corrupt)
+    monkeypatch.setattr(layout, "copy_tokenizer_files", corrupt)
     from libra_cli.cli import main
 
     with pytest.raises(SystemExit) as exc:

@@ -14,8 +14,8 @@ import pytest
 
 from libra_cli.metrics import lexical
 from libra_cli.metrics.api import evaluate_reports
-from libra_cli.metrics.synthetic import make_pairs
 from libra_cli.metrics.text import clean_text, prepare
+from libra_cli.testing.reports import make_pairs
 
 TOL = 1e-9
 

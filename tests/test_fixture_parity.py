@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from libra_cli.checkpoint import load_model
 from libra_cli.generation import GenerationSettings, generate_report
 from libra_cli.images import ImageProcessorConfig, load_and_preprocess
-from libra_cli.loading import load_model
 from libra_cli.prompts import build_prompt, expand_image_tokens, tokenize_with_image
 from tests.conftest import CXR, FIXTURES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from libra_cli import loading
+from libra_cli.checkpoint import hub, layout, runtime
 from libra_cli.errors import InputError, ModelLoadError
 from tests.conftest import FIXTURES
 
@@ -14,33 +14,33 @@ def test_device_map_only_when_the_model_does_not_fit(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (80 * 2**30, 80 * 2**30))
     monkeypatch.delenv("LIBRA_NO_DEVICE_MAP", raising=False)
-    assert not loading.needs_device_map("cuda", 14 * 2**30)  # 7B in bf16 fits one 80 GB card
-    assert loading.needs_device_map("cuda", 140 * 2**30)  # 70B does not
-    assert not loading.needs_device_map("cpu", 140 * 2**30)
+    assert not runtime.needs_device_map("cuda", 14 * 2**30)  # 7B in bf16 fits one 80 GB card
+    assert runtime.needs_device_map("cuda", 140 * 2**30)  # 70B does not
+    assert not runtime.needs_device_map("cpu", 140 * 2**30)
     monkeypatch.setenv("LIBRA_NO_DEVICE_MAP", "1")
-    assert not loading.needs_device_map("cuda", 140 * 2**30)
+    assert not runtime.needs_device_map("cuda", 140 * 2**30)
 
 
 def test_dtype_and_device_resolution() -> None:
-    assert loading.resolve_dtype("auto", "cpu") is torch.float32
-    assert loading.resolve_dtype("bf16", "cpu") is torch.bfloat16
+    assert runtime.resolve_dtype("auto", "cpu") is torch.float32
+    assert runtime.resolve_dtype("bf16", "cpu") is torch.bfloat16
     with pytest.raises(InputError, match="--dtype"):
-        loading.resolve_dtype("int3", "cpu")
+        runtime.resolve_dtype("int3", "cpu")
     with pytest.raises(InputError, match="--device"):
-        loading.resolve_device("tpu")
+        runtime.resolve_device("tpu")
 
 
 def test_folder_kinds_and_missing_weights(tmp_path) -> None:
-    assert loading.folder_kind(FIXTURES / "tiny-libra-tac") == "full"
+    assert layout.folder_kind(FIXTURES / "tiny-libra-tac") == "full"
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="holds no model weights"):
-        loading.folder_kind(tmp_path)
+        layout.folder_kind(tmp_path)
     with pytest.raises(ModelLoadError, match="neither a folder nor a hub id"):
-        loading.hub_folder("./does/not/exist")
+        hub.hub_folder("./does/not/exist")
 
 
 def test_vision_tower_resolution_order(tmp_path, monkeypatch) -> None:
-    from libra_cli.model.encoders import resolve_vision_tower_path
+    from libra_cli.checkpoint.tower import resolve_vision_tower_path
 
     ckpt, cwd = tmp_path / "ckpt", tmp_path / "work"
     for root in (ckpt, cwd):

@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 def tiny(tmp_path_factory) -> Path:
     from PIL import Image
 
-    from libra_cli.tiny import make_tiny_libra
+    from libra_cli.testing.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("mp")
     shutil.copytree(SHARED / "fixtures" / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -101,7 +101,7 @@ def test_ddp_two_processes_finetune(tiny):
     assert state["train_batch_size"] == 2
     losses = [h for h in state["log_history"] if "loss" in h]
     assert len(losses) == 2 and losses[0]["epoch"] == 0.5  # 8 records / global batch 4 = 2 steps per epoch
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     assert load_model(str(out), model_base=str(tiny / "base"), device="cpu").kind == "lora"
 

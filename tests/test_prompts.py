@@ -7,8 +7,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from libra_cli.checkpoint.tokenizer import SpmCodec
 from libra_cli.errors import InputError
-from libra_cli.loading import SpmCodec
 from libra_cli.prompts import build_prompt, get_template, template_names, tokenize_with_image
 from tests.conftest import FIXTURES, SHARED
 

@@ -10,16 +10,16 @@ from typer.testing import CliRunner
 
 from libra_cli.cli import app
 from libra_cli.errors import InputError
-from libra_cli.serving import (
+from libra_cli.serve.server import (
     DECODING_MODES,
     ModelCache,
     ModelKey,
-    QueueStreamer,
     ServeOptions,
     Server,
     decoding_settings,
     model_choices,
 )
+from libra_cli.streaming import QueueStreamer
 
 
 def test_cache_loads_once_per_key_and_evicts_lru() -> None:
@@ -127,7 +127,7 @@ def test_port_in_use_is_a_one_line_error() -> None:
     import socket
 
     from libra_cli.errors import InputError
-    from libra_cli.serving import check_port
+    from libra_cli.serve.server import check_port
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -216,7 +216,7 @@ def test_dataset_truncation_and_dummy_prior(tmp_path, tok):
 
 def test_training_prompt_ids_equal_inference_ids(tok) -> None:
     """Training and inference join the image chunks with one function; the prompt ids must agree."""
-    from libra_cli.loading import SpmCodec
+    from libra_cli.checkpoint.tokenizer import SpmCodec
     from libra_cli.prompts import build_prompt, tokenize_with_image
 
     codec = SpmCodec.for_folder(str(TOKENIZER), tok)

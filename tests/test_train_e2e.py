@@ -21,7 +21,7 @@ def tiny(tmp_path_factory) -> Path:
     """Base model (tower ../tiny-rad-dino), small copies of the two X-rays, a varied training JSON."""
     from PIL import Image
 
-    from libra_cli.tiny import make_tiny_libra
+    from libra_cli.testing.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("train")
     shutil.copytree(SHARED / "fixtures" / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -80,13 +80,13 @@ def test_stage1_connector_only(tiny, stage1):
         sd = torch.load(folder / "mm_projector.bin", weights_only=True)
         assert sd and all(k.startswith("model.mm_projector.") for k in sd)
         assert (folder / "config.json").is_file() and (folder / "recipe.yaml").is_file()
-    from libra_cli.loading import read_tensors
+    from libra_cli.checkpoint.layout import read_tensors
 
     base = read_tensors(tiny / "base", "model.mm_projector.")
     trained = torch.load(stage1 / "mm_projector.bin", weights_only=True)
     assert set(base) == set(trained) and any(not torch.equal(base[k], trained[k]) for k in base)
     # the LLM stayed frozen: a projector-only folder loads on top of the base
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     loaded = load_model(str(stage1), model_base=str(tiny / "base"), device="cpu")
     assert loaded.kind == "projector"
@@ -108,8 +108,8 @@ def test_stage2_lora_layout_loads_with_model_base(tiny, stage1, stage2):
     assert any("eval_BLEU4" in h for h in state["log_history"]) and any("eval_loss" in h for h in state["log_history"])
     assert (stage2 / "best" / "adapter_config.json").is_file()
 
+    from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings, generate_report
-    from libra_cli.loading import load_model
 
     loaded = load_model(str(stage2), model_base=str(tiny / "base"), device="cpu")
     assert loaded.kind == "lora"
@@ -150,7 +150,7 @@ def test_plain_llm_base_gets_a_fresh_connector(tiny, tmp_path):
     """A plain Llama folder + vision_tower: a Libra model with a new TAC, only the connector trainable."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from libra_cli.tiny import copy_tokenizer
+    from libra_cli.testing.tiny import copy_tokenizer
     from libra_cli.training.recipe import load_recipe
     from libra_cli.training.trainer import build_model
 

@@ -107,7 +107,7 @@ class _Progress:
     def start(self, total: int) -> None:
         import time
 
-        from libra_cli.progress import progress_bar
+        from libra_cli.console import progress_bar
 
         self.t0 = time.perf_counter()
         if self.quiet:

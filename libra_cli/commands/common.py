@@ -39,7 +39,7 @@ def load(model: str, model_base: str | None, vision_tower: str | None, conv_mode
     """Load the model behind the shared flags, with a spinner."""
     from rich.console import Console
 
-    from libra_cli.loading import load_model
+    from libra_cli.checkpoint import load_model
 
     with Console(stderr=True).status(f"loading {model} ..."):
         return load_model(model, model_base=model_base, vision_tower=vision_tower, dtype=dtype, device=device,

@@ -88,8 +88,8 @@ def extract_sections(
     """Split free-text reports into sections (MIMIC-CXR scripts with Libra's customisation)."""
     from rich.table import Table
 
+    from libra_cli.console import progress_bar
     from libra_cli.data.sections import extract_sections as run
-    from libra_cli.progress import progress_bar
 
     con = _console()
     nworkers = workers or max(1, min(os.cpu_count() or 1, 16))

@@ -40,8 +40,8 @@ def serve(
         import gradio  # noqa: F401
     except ImportError as exc:
         raise InputError('libra serve needs gradio: pip install "libra-cli[serve]"') from exc
-    from libra_cli.serving import ModelKey, ServeOptions
-    from libra_cli.serving import serve as run
+    from libra_cli.serve.page import serve as run
+    from libra_cli.serve.server import ModelKey, ServeOptions
 
     key = ModelKey("", model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
     opts = ServeOptions(models=list(model or []), load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,

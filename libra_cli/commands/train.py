@@ -16,7 +16,7 @@ from libra_cli.errors import InputError
 train_app = typer.Typer(help="Train Libra: stage 1 align (connector only), stage 2 finetune (LoRA).",
                         no_args_is_help=True)
 
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML (or a name in recipes/: libra7b, libra3b, tiny-cpu).")]
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe: libra7b, libra3b, tiny-cpu (libra recipes list).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: --set learning_rate=1e-4 (repeatable).")]
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output folder (recipe output_dir).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume from the latest checkpoint-N in the output folder.")]
@@ -86,7 +86,7 @@ def _run(stage: str, recipe_path: str, sets: list[str] | None, out: str | None, 
 
 
 def _launch(preset: str, num_processes: int | None) -> None:
-    """Re-run this command under ``accelerate launch`` with a preset from recipes/accelerate/."""
+    """Re-run this command under ``accelerate launch`` with a shipped preset."""
     cfg = preset_path(preset)
     if shutil.which("accelerate") is None:
         raise InputError("--distributed needs accelerate's launcher (pip install accelerate)")
@@ -102,9 +102,10 @@ def _launch(preset: str, num_processes: int | None) -> None:
 
 
 def preset_path(preset: str) -> Path:
-    """recipes/accelerate/<preset>.yaml (from the working dir or the source tree)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        p = root / "recipes" / "accelerate" / f"{preset}.yaml"
-        if p.is_file():
-            return p
-    raise InputError(f"no accelerate preset {preset!r} (recipes/accelerate/{preset}.yaml); use ddp, zero2, zero3 or fsdp")
+    """The accelerate preset shipped in the package (``libra recipes list`` shows them)."""
+    from libra_cli.training.recipe import shipped
+
+    p = shipped("accelerate") / f"{preset}.yaml"
+    if not p.is_file():
+        raise InputError(f"no accelerate preset {preset!r}; use ddp, zero2, zero3 or fsdp")
+    return p

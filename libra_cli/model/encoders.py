@@ -1,17 +1,17 @@
 """Image encoders (RAD-DINO/DINOv2, CLIP, SigLIP via transformers; open_clip towers as an extra).
 
-All return stacked hidden states ``[N, L, P, D]`` selected as the original code did (spec §3).
+All return stacked hidden states ``[N, L, P, D]`` selected as the original code did
+(docs/reference-format.md#encoders). Finding and loading the weights is ``libra_cli.checkpoint.tower``'s job.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.errors import InputError
 from libra_cli.images import ImageProcessorConfig
 
 
@@ -75,7 +75,8 @@ class VisionTower(nn.Module):
         return feats
 
 
-def _parse_select_layer(value: Any) -> int | str:
+def parse_select_layer(value: Any) -> int | str:
+    """``mm_vision_select_layer``: ``all`` (every layer, TAC) or one layer index."""
     if value in (None, "all"):
         return "all"
     try:
@@ -84,62 +85,8 @@ def _parse_select_layer(value: Any) -> int | str:
         raise InputError(f"mm_vision_select_layer must be 'all' or an integer, got {value!r}") from exc
 
 
-def resolve_vision_tower_path(name: str, checkpoint_dir: str | Path | None, override: str | None = None) -> str:
-    """Resolve ``mm_vision_tower``: the checkpoint folder first, then the working dir, then the hub id."""
-    if override:
-        name = override
-    if name.startswith("hf-hub:"):
-        return name
-    candidates: list[Path] = []
-    p = Path(name).expanduser()
-    if p.is_absolute():
-        candidates.append(p)
-    else:
-        if checkpoint_dir is not None:
-            candidates.append(Path(checkpoint_dir) / p)
-        candidates.append(Path.cwd() / p)
-    for c in candidates:
-        if (c / "config.json").is_file():
-            return str(c.resolve())
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        tried = ", ".join(str(c) for c in candidates)
-        raise ModelLoadError(f"vision tower {name!r} not found (tried {tried}); pass --vision-tower PATH_OR_HUB_ID")
-    return name  # hub id
-
-
-def load_vision_tower(config: Any, checkpoint_dir: str | Path | None = None, override: str | None = None,
-                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VisionTower:
-    """Build the encoder named by the Libra config (weights from its own folder or hub repo)."""
-    from transformers import AutoConfig
-
-    from libra_cli.loading import hub_folder
-
-    name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
-    if not name:
-        raise ModelLoadError("config.json has no mm_vision_tower; pass --vision-tower PATH_OR_HUB_ID")
-    path = resolve_vision_tower_path(str(name), checkpoint_dir, override)
-    select_layer = _parse_select_layer(getattr(config, "mm_vision_select_layer", "all"))
-    select_feature = getattr(config, "mm_vision_select_feature", "patch") or "patch"
-    maira = bool(getattr(config, "use_maira_feature_norm", False))
-    if path.startswith("hf-hub:"):
-        from libra_cli.model.openclip import load_open_clip_tower
-
-        return load_open_clip_tower(path, select_layer, select_feature, dtype=dtype, device=device)
-    folder = hub_folder(path, allow_patterns=["*.json", "*.safetensors", "*.txt"], what="vision tower")
-    vcfg = AutoConfig.from_pretrained(folder)
-    model_cls = _vision_model_class(vcfg.model_type)
-    if model_cls is None:
-        raise ModelLoadError(f"unsupported vision tower type {vcfg.model_type!r} at {path}; use DINOv2, CLIP or SigLIP")
-    if hasattr(vcfg, "vision_config") and vcfg.model_type in ("clip", "siglip", "siglip2"):
-        vcfg = vcfg.vision_config
-    tower = model_cls.from_pretrained(folder, config=vcfg, dtype=dtype)
-    tower.requires_grad_(False)
-    tower.eval()
-    proc = ImageProcessorConfig.from_pretrained(folder)
-    return VisionTower(tower, proc, select_layer, select_feature, maira, name=str(name)).to(device)
-
-
-def _vision_model_class(model_type: str) -> Any:
+def vision_model_class(model_type: str) -> Any:
+    """The transformers vision model for an encoder's ``model_type`` (None if unsupported)."""
     import transformers as tf
 
     return {

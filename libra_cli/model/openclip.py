@@ -1,6 +1,7 @@
 """open_clip image towers (``hf-hub:`` names such as BiomedCLIP, used by LLaVA-Rad): optional extra.
 
-open_clip needs torchvision, which is why it is an extra (``pip install 'libra-cli[openclip]'``).
+open_clip needs torchvision, which is why it is an extra (``pip install 'libra-cli[openclip]'``);
+``libra_cli.checkpoint.tower`` creates the model, this module adapts it.
 Hidden states are collected like transformers' ``output_hidden_states`` (embedding output first,
 then every block), so ``mm_vision_select_layer`` means the same thing for every encoder.
 """
@@ -14,6 +15,7 @@ from torch import nn
 
 from libra_cli.errors import ModelLoadError
 from libra_cli.images import ImageProcessorConfig
+from libra_cli.model.encoders import VisionTower
 
 
 class _Output:
@@ -50,19 +52,9 @@ class OpenClipVisual(nn.Module):
         return _Output(tuple(states))
 
 
-def load_open_clip_tower(name: str, select_layer: Any, select_feature: str, dtype: torch.dtype = torch.float32,
-                         device: Any = "cpu") -> nn.Module:
-    """Load ``hf-hub:owner/name`` through open_clip and wrap it as a :class:`VisionTower`."""
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise ModelLoadError(f"{name} is an open_clip tower: pip install 'libra-cli[openclip]'") from exc
-    from libra_cli.model.encoders import VisionTower
-
-    try:
-        model, preprocess = open_clip.create_model_from_pretrained(name)
-    except Exception as exc:  # noqa: BLE001 - hub and format errors vary
-        raise ModelLoadError(f"cannot load open_clip tower {name}: {exc}") from exc
+def wrap_open_clip(model: Any, name: str, select_layer: Any, select_feature: str, dtype: torch.dtype = torch.float32,
+                   device: Any = "cpu") -> VisionTower:
+    """An open_clip model (``create_model_from_pretrained``) as a :class:`VisionTower` with its preprocessing."""
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size)
     mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
     std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)

@@ -78,7 +78,7 @@ class Recipe:
     eval_metrics: str = "bleu,rouge,temporal"
     metric_for_best_model: str | None = "BLEU4"  # keep the best checkpoint in best/ (None: off)
     report_to: str = "none"  # none | tensorboard | wandb
-    distributed: str = "none"  # none | ddp | zero2 | zero3 | fsdp (presets in recipes/)
+    distributed: str = "none"  # none | ddp | zero2 | zero3 | fsdp (presets: libra recipes list)
     disable_tqdm: bool = False
 
     # ------------------------------------------------------------------ helpers
@@ -213,13 +213,7 @@ def load_recipe(path: str | Path | None, stage: str, overrides: list[str] | dict
         raise InputError(f"unknown stage {stage!r}; use align or finetune")
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            named = Path(__file__).resolve().parents[2] / "recipes" / f"{path}.yaml"
-            if named.is_file():
-                p = named
-            else:
-                raise InputError(f"recipe {path} not found; give a YAML file (see recipes/)")
+        p = find_recipe(str(path))
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -241,6 +235,36 @@ def load_recipe(path: str | Path | None, stage: str, overrides: list[str] | dict
     return recipe
 
 
+def shipped(kind: str = "") -> Path:
+    """The folder of the recipes shipped inside the package (``kind="accelerate"``: launcher presets)."""
+    from importlib.resources import files
+
+    root = Path(str(files("libra_cli").joinpath("recipes")))
+    return root / kind if kind else root
+
+
+def list_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (``libra7b``, ``tiny-cpu``, ``accelerate/zero2``, ...)."""
+    out = {f.stem: f for f in sorted(shipped().glob("*.yaml"))}
+    out.update({f"accelerate/{f.stem}": f for f in sorted(shipped("accelerate").glob("*.yaml"))})
+    return out
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe file: a path, else a shipped recipe's name (``libra7b``, ``tiny-cpu.yaml``)."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    known = list_recipes()
+    key = name[:-5] if name.endswith(".yaml") else name
+    if key in known:
+        return known[key]
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    extra = f"did you mean {hint[0]!r}? " if hint else ""
+    raise InputError(f"recipe {name} not found; {extra}give a YAML file or a shipped recipe "
+                     f"({', '.join(k for k in known if '/' not in k)}; see libra recipes list)")
+
+
 def save_recipe(recipe: Recipe, folder: str | Path, stage: str) -> Path:
     """Write the resolved recipe (``recipe.yaml``) next to a checkpoint."""
     import yaml
@@ -251,4 +275,4 @@ def save_recipe(recipe: Recipe, folder: str | Path, stage: str) -> Path:
     return out
 
 
-__all__ = ["Recipe", "load_recipe", "save_recipe", "parse_overrides", "STAGES"]
+__all__ = ["Recipe", "load_recipe", "save_recipe", "parse_overrides", "STAGES", "find_recipe", "list_recipes", "shipped"]

@@ -1,12 +1,12 @@
 """The two training stages on transformers' ``Trainer`` (so DDP / DeepSpeed / FSDP come from accelerate).
 
-Stage 1 (``align``): encoder and LLM frozen, only the connector learns; every checkpoint holds
-``mm_projector.bin`` (keys ``model.mm_projector.*``) + ``config.json`` (spec §6).
+Stage 1 (``align``): encoder and LLM frozen, only the connector learns; every checkpoint holds the
+connector file + ``config.json`` (docs/reference-format.md#training).
 Stage 2 (``finetune``): PEFT LoRA on every ``nn.Linear`` of the text model (not ``lm_head``, the
 connector or the encoder); the connector is frozen or trained on its own learning rate; every
-checkpoint holds ``adapter_config.json`` + adapter weights, ``non_lora_trainables.bin`` (keys
-``base_model.model.*``) and ``config.json``: the layout ``libra_cli.loading.load_model(out,
-model_base=base)`` reads. Each checkpoint also carries the resolved ``recipe.yaml``.
+checkpoint holds the PEFT adapter, the non-LoRA trainables and ``config.json``: the layout
+``libra_cli.checkpoint.load_model(out, model_base=base)`` reads. Which files those are is
+``libra_cli.checkpoint.layout``'s business. Each checkpoint also carries the resolved ``recipe.yaml``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
+from libra_cli.checkpoint import layout
 from libra_cli.errors import InputError, ModelLoadError
 from libra_cli.training.recipe import Recipe, save_recipe
-
-CONNECTOR = "model.mm_projector."
 
 
 # ---------------------------------------------------------------------- model
@@ -44,12 +43,10 @@ def _libra_config(folder: str, recipe: Recipe) -> Any:
     """The Libra config of ``folder``; a plain LLM config gets the multimodal fields of the recipe."""
     from transformers import AutoConfig
 
+    from libra_cli.checkpoint.load import read_config
     from libra_cli.model import modeling
 
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read {folder}/config.json: {exc}") from exc
+    config = read_config(folder)
     if config.model_type in modeling.BACKBONES:
         if recipe.vision_tower:
             config.mm_vision_tower = recipe.vision_tower
@@ -61,9 +58,10 @@ def _libra_config(folder: str, recipe: Recipe) -> Any:
     libra_type = modeling.BASE_TO_LIBRA[config.model_type]
     base = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
     cfg = modeling.BACKBONES[libra_type][0](**base)
-    from libra_cli.loading import hub_folder
+    from libra_cli.checkpoint.hub import hub_folder
 
-    tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"))
+    tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"),
+                                           trust_remote_code=False)
     tower_cfg = getattr(tower_cfg, "vision_config", tower_cfg)
     cfg.architectures = [modeling.BACKBONES[libra_type][1].__name__]
     mm = dict(mm_vision_tower=recipe.vision_tower, mm_projector_type=recipe.mm_projector_type,
@@ -73,18 +71,6 @@ def _libra_config(folder: str, recipe: Recipe) -> Any:
     for k, v in mm.items():
         setattr(cfg, k, v)
     return cfg
-
-
-def _projector_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for name in ("mm_projector.bin", "mm_tac_projector.bin"):
-            if (p / name).is_file():
-                return p / name
-        raise InputError(f"pretrain_mm_mlp_adapter: {p} holds no mm_projector.bin or mm_tac_projector.bin")
-    if not p.is_file():
-        raise InputError(f"pretrain_mm_mlp_adapter: {p} not found; give mm_projector.bin / mm_tac_projector.bin or its folder")
-    return p
 
 
 def lora_target_regex(model: Any) -> str:
@@ -103,43 +89,32 @@ def lora_target_regex(model: Any) -> str:
 
 def build_model(recipe: Recipe, stage: str) -> Built:
     """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
-    from transformers import AutoTokenizer
+    from transformers import set_seed
 
-    from libra_cli.loading import checkpoint_keys, hub_folder, load_bin, load_projector, quiet_transformers
-    from libra_cli.model import modeling
-    from libra_cli.model.encoders import load_vision_tower
+    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.load import build_lm, load_projector
+    from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
+    from libra_cli.checkpoint.tokenizer import load_tokenizer
+    from libra_cli.checkpoint.tower import load_vision_tower
+    from libra_cli.console import quiet_transformers
 
     quiet_transformers()
     # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
     # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
-    from transformers import set_seed
-
     set_seed(recipe.seed)
     folder = hub_folder(recipe.model_name_or_path, what="model")
     config = _libra_config(folder, recipe)
     config.use_cache = False
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[recipe.dtype]
+    dtype = DTYPES[recipe.dtype]
     attn = recipe.attn_implementation
     if attn == "auto":
-        from libra_cli.loading import resolve_attention
-
         attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
-    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn}
-    if any(re.match(r"model\.mm_projector\.\d+\.", k) for k in checkpoint_keys(folder)):
-        kw["key_mapping"] = {r"^model\.mm_projector\.(\d+)\.": r"model.mm_projector.projector.\1."}
-    model_cls = modeling.BACKBONES[config.model_type][1]
-    try:
-        lm = model_cls.from_pretrained(folder, config=config, **kw)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load weights from {folder}: {exc}") from exc
+    lm = build_lm(folder, config, dtype, attn)
     if recipe.pretrain_mm_mlp_adapter:
-        load_projector(lm, load_bin(_projector_file(recipe.pretrain_mm_mlp_adapter)))
+        load_projector(lm, layout.load_bin(layout.projector_source(recipe.pretrain_mm_mlp_adapter)))
     tower = load_vision_tower(config, checkpoint_dir=folder, override=recipe.vision_tower, dtype=dtype)
     lm.set_vision_tower(tower)
-    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=recipe.model_max_length,
-                                              padding_side=recipe.padding_side)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer = load_tokenizer(folder, model_max_length=recipe.model_max_length, padding_side=recipe.padding_side)
 
     lm.requires_grad_(False)
     model = lm
@@ -175,7 +150,7 @@ def build_model(recipe: Recipe, stage: str) -> Built:
 
 def _saved_config(config: Any, folder: str) -> dict[str, Any]:
     """config.json for an output folder: a relative local tower path becomes absolute (outputs move)."""
-    from libra_cli.model.encoders import resolve_vision_tower_path
+    from libra_cli.checkpoint.tower import resolve_vision_tower_path
 
     d = config.to_dict()
     tower = d.get("mm_vision_tower")
@@ -257,40 +232,28 @@ def _trainer_cls() -> type:
             out.mkdir(parents=True, exist_ok=True)
             lm = self.built.base
             cfg = _saved_config(self.built.config, self.built.folder)
-            # under DeepSpeed ZeRO-3 / FSDP the Trainer passes the gathered full ``state_dict``
-            full = state_dict or {}
-
-            def value(name: str, p: torch.Tensor) -> torch.Tensor:
-                return (full[name] if name in full else p).detach().cpu().clone()
-
             if self.stage == "align":
-                sd = {CONNECTOR + k: value(CONNECTOR + k, v) for k, v in lm.model.mm_projector.state_dict().items()}
-                torch.save(sd, out / "mm_projector.bin")
+                layout.save_projector(lm.model.mm_projector, out, state_dict)
             else:
                 from peft import PeftModel
 
                 model = self.model
                 if isinstance(model, PeftModel):
                     model.save_pretrained(str(out), state_dict=state_dict)
-                    # trainable non-LoRA tensors, and always the connector (it may come from a stage-1 projector)
-                    pre = "base_model.model."
-                    nlt = {pre + n: value(pre + n, p) for n, p in lm.named_parameters()
-                           if (p.requires_grad and "lora_" not in n) or n.startswith(CONNECTOR)}
-                    torch.save(nlt, out / "non_lora_trainables.bin")
+                    layout.save_non_lora_trainables(lm, out, state_dict)
                 else:  # full fine-tune without LoRA: a plain full checkpoint
-                    kw = {} if state_dict is None else {"state_dict": {k: v for k, v in state_dict.items()
-                                                                      if not k.startswith("model.vision_tower.")}}
+                    kw = {} if state_dict is None else {"state_dict": layout.without_tower(state_dict)}
                     lm.save_pretrained(str(out), **kw)
             (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
             self.processing_class.save_pretrained(str(out)) if self.processing_class is not None else None
             save_recipe(self.recipe, out, self.stage)
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            from libra_cli.loading import load_bin, load_projector
+            from libra_cli.checkpoint.load import load_projector
 
             ckpt = Path(resume_from_checkpoint)
             if self.stage == "align":
-                load_projector(self.built.base, load_bin(ckpt / "mm_projector.bin"))
+                load_projector(self.built.base, layout.load_bin(layout.projector_source(ckpt)))
                 return
             from peft import PeftModel, set_peft_model_state_dict
 
@@ -298,11 +261,11 @@ def _trainer_cls() -> type:
                 from safetensors.torch import load_file
 
                 f = ckpt / "adapter_model.safetensors"
-                state = load_file(str(f)) if f.is_file() else load_bin(ckpt / "adapter_model.bin")
+                state = load_file(str(f)) if f.is_file() else layout.load_bin(ckpt / "adapter_model.bin")
                 set_peft_model_state_dict(self.model, state)
-                nlt = ckpt / "non_lora_trainables.bin"
+                nlt = layout.non_lora_file(ckpt)
                 if nlt.is_file():
-                    self.model.load_state_dict(load_bin(nlt), strict=False)
+                    self.model.load_state_dict(layout.load_bin(nlt), strict=False)
             else:
                 super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -321,8 +284,8 @@ def _trainer_cls() -> type:
 
 def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
     """Generate for ``records`` with the model being trained and score against the last answers."""
+    from libra_cli.checkpoint.load import LoadedModel
     from libra_cli.generation import GenerationSettings, Sample, generate
-    from libra_cli.loading import LoadedModel
     from libra_cli.metrics import evaluate_reports
 
     lm = trainer.built.base
@@ -331,10 +294,9 @@ def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
     lm.eval()
     old_cache = lm.generation_config.use_cache
     lm.generation_config.use_cache = True
-    dev = lm.get_input_embeddings().weight.device
-    loaded = LoadedModel(model=lm, tokenizer=trainer.processing_class, image_processor=trainer.built.processor,
-                         conv_mode=r.conv_mode, name="training", folder=r.output_dir, kind="full", device=str(dev),
-                         dtype=next(lm.model.mm_projector.parameters()).dtype)
+    # the same codec as inference: validation text equals what libra infer prints for the checkpoint
+    loaded = LoadedModel.from_model(lm, trainer.processing_class, trainer.built.folder, r.conv_mode,
+                                    image_processor=trainer.built.processor, name="training", folder=r.output_dir)
     folder = Path(r.image_folder)
     settings = GenerationSettings(max_new_tokens=r.eval_max_new_tokens, num_beams=r.eval_num_beams)
     preds, refs = [], []
@@ -412,7 +374,7 @@ def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
     train = read_records(recipe.data_path, recipe.image_folder)
     ev = read_records(recipe.eval_data_path, recipe.image_folder) if recipe.eval_data_path else None
     if recipe.pretrain_mm_mlp_adapter:
-        _projector_file(recipe.pretrain_mm_mlp_adapter)
+        layout.projector_source(recipe.pretrain_mm_mlp_adapter)
     return train, ev
 
 
@@ -508,7 +470,7 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if train_ds.truncated:
-        from libra_cli.loading import warn_once
+        from libra_cli.console import warn_once
 
         warn_once("truncated", f"{len(train_ds.truncated)} training samples were longer than model_max_length "
                                f"{recipe.model_max_length} and were truncated")

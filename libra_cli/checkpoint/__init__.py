@@ -1,0 +1,33 @@
+"""Checkpoints: the only package that knows file names, key layouts and the hub.
+
+- :mod:`~libra_cli.checkpoint.hub`: folder or hub id -> a local folder (cache first, offline-aware);
+- :mod:`~libra_cli.checkpoint.layout`: full / LoRA / projector folders, file names, key prefixes;
+- :mod:`~libra_cli.checkpoint.runtime`: device, the one dtype table, attention kernel, memory sizing;
+- :mod:`~libra_cli.checkpoint.tokenizer`: tokenizers and the original-exact SentencePiece codec;
+- :mod:`~libra_cli.checkpoint.tower`: the image encoder a config names;
+- :mod:`~libra_cli.checkpoint.load`: :func:`load_model`, :class:`LoadedModel`, :func:`build_lm`;
+- :mod:`~libra_cli.checkpoint.registry`: published checkpoints and their prompt templates.
+
+Names are re-exported lazily so that importing the package costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "load_model": "libra_cli.checkpoint.load",
+    "LoadedModel": "libra_cli.checkpoint.load",
+    "build_lm": "libra_cli.checkpoint.load",
+    "hub_folder": "libra_cli.checkpoint.hub",
+    "SpmCodec": "libra_cli.checkpoint.tokenizer",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'libra_cli.checkpoint' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

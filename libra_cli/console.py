@@ -1,0 +1,69 @@
+"""Console helpers: the stderr console, one-time warnings, quiet third-party libraries, progress bars.
+
+stdout is for data (reports, JSON, paths); everything here writes to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+_warned: set[str] = set()
+
+
+def err_console(**kwargs: Any) -> Any:
+    """A rich console on stderr (soft-wrapped: long paths and messages stay on one line)."""
+    from rich.console import Console
+
+    kwargs.setdefault("soft_wrap", True)
+    return Console(stderr=True, **kwargs)
+
+
+def warn_once(key: str, message: str) -> None:
+    """Print a warning once per process (e.g. a template mismatch)."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    from rich.markup import escape
+
+    err_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+def quiet_transformers() -> None:
+    """Keep third-party chatter (progress bars, deprecation notes) out of the CLI unless --debug."""
+    if os.environ.get("LIBRA_DEBUG") == "1":
+        return
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def progress_bar(console: Any, label: str, unit: str = "", transient: bool = False) -> Any:
+    """The one progress-bar layout of every long job: label, bar, done/total, rate, elapsed, ETA.
+
+    Set the task field ``rate`` to show throughput (e.g. "3.2 samples/s").
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(unit))
+    columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=transient)
