@@ -287,6 +287,68 @@ def _say(log: Log | None, msg: str) -> None:
         log(msg)
 
 
+def _verify(tmp: Path, out_path: Path, ref: torch.Tensor, target: str, dev: str, tolerance: float | None,
+            result: ConvertResult) -> None:
+    """Reload the written folder and compare its probe logits with the source's (``VerificationError`` if off)."""
+    from libra_cli.checkpoint.load import load_model
+
+    try:
+        again = load_model(str(tmp), dtype=target, device=dev, attn="sdpa")
+    except LibraError as exc:
+        raise VerificationError(f"the converted checkpoint does not load ({exc}); nothing was written to "
+                                f"{out_path}") from exc
+    got = probe_logits(again)
+    del again
+    gc.collect()
+    diff = float((got - ref).abs().max())
+    scale = max(1.0, float(ref.abs().max()))
+    tol = tolerance if tolerance is not None else default_tolerance(target)
+    result.max_abs_diff, result.tolerance, result.logit_scale = diff, tol, scale
+    result.greedy_token_match = bool(torch.equal(got.argmax(-1), ref.argmax(-1)))
+    if not (diff <= tol * scale):
+        raise VerificationError(
+            f"verification failed: the converted checkpoint's probe logits differ from the source's by "
+            f"{diff:.3g} (allowed {tol * scale:.3g}); nothing was written to {out_path} "
+            "(rerun with --debug to investigate, or --no-verify to write it anyway)"
+        )
+    result.verified = True
+
+
+def _source(src: str, model_base: str | None) -> tuple[str, str, str | None]:
+    """(source folder, its kind, the base folder a LoRA / projector folder needs)."""
+    from libra_cli.checkpoint.hub import hub_folder
+
+    src_folder = hub_folder(src, what="model")
+    kind = layout.folder_kind(src_folder)
+    if kind != "full" and not model_base:
+        raise InputError(f"{src} is a {kind} folder; pass --model-base with the base model it was trained on")
+    if not (Path(src_folder) / "config.json").is_file():
+        raise ModelLoadError(f"{src_folder} has no config.json; is this a Libra checkpoint folder?")
+    base_folder = hub_folder(model_base, what="base model") if (kind != "full" and model_base) else None
+    return src_folder, kind, base_folder
+
+
+def _reference(loaded: Any, work: str, target: str, verify: bool) -> tuple[torch.Tensor | None, float | None]:
+    """Cast the source to the target dtype as a reload would; its probe logits (and the cast's drift) if verifying."""
+    ref = probe_logits(loaded) if verify else None
+    drift = None
+    if work != target:
+        _cast_like_reload(loaded.model, DTYPES[target])
+        if verify:
+            cast_ref = probe_logits(loaded)
+            drift = float((cast_ref - ref).abs().max())
+            ref = cast_ref
+    return ref, drift
+
+
+def _free(loaded: Any, dev: str) -> None:
+    """Drop the source model before reloading: two copies of a 7B model do not fit a workstation."""
+    loaded.model = None
+    gc.collect()
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def convert(
     src: str,
     out: str | Path,
@@ -307,7 +369,6 @@ def convert(
     source's probe logits, and only then moved to ``out``. Raises ``VerificationError`` (exit 3)
     when the logits differ beyond ``tolerance`` x logit scale; ``out`` is then left untouched.
     """
-    from libra_cli.checkpoint.hub import hub_folder
     from libra_cli.checkpoint.load import load_model
     from libra_cli.checkpoint.runtime import checkpoint_bytes, resolve_device
 
@@ -315,14 +376,8 @@ def convert(
     shard_bytes = parse_size(max_shard_size)
     target_req = parse_dtype(dtype)
     dev = resolve_device(device)
-    src_folder = hub_folder(src, what="model")
-    kind = layout.folder_kind(src_folder)
-    if kind != "full" and not model_base:
-        raise InputError(f"{src} is a {kind} folder; pass --model-base with the base model it was trained on")
-    base_folder = hub_folder(model_base, what="base model") if (kind != "full" and model_base) else None
+    src_folder, kind, base_folder = _source(src, model_base)
     out_path = check_output(out, force, is_dir=True, protect=(src_folder, base_folder, vision_tower))
-    if not (Path(src_folder) / "config.json").is_file():
-        raise ModelLoadError(f"{src_folder} has no config.json; is this a Libra checkpoint folder?")
     weights_folder = Path(base_folder or src_folder)
     stored = _source_dtype(weights_folder / "config.json")
     target = target_req or _source_dtype(Path(src_folder) / "config.json")
@@ -333,23 +388,14 @@ def convert(
     loaded = load_model(src, model_base=model_base if kind != "full" else None, vision_tower=vision_tower,
                         dtype=work, device=dev, attn="sdpa")
     lm = loaded.model
-    state_keys = list(lm.state_dict())
-    leftover = [k for k in state_keys if "lora_" in k or "base_layer" in k]
+    leftover = [k for k in lm.state_dict() if "lora_" in k or "base_layer" in k]
     if leftover:
         raise LibraError(f"the LoRA adapter was not fully merged ({leftover[0]}); cannot write a standalone checkpoint")
     tower_ref, tower_folder = _tower_reference(lm.config, src_folder, out_path, vision_tower, bundle_vision_tower, notes)
 
-    drift = None
-    ref = None
     if verify:
         _say(log, "computing the probe logits of the source")
-        ref = probe_logits(loaded)
-    if work != target:
-        _cast_like_reload(lm, DTYPES[target])
-        if verify:
-            cast_ref = probe_logits(loaded)
-            drift = float((cast_ref - ref).abs().max())
-            ref = cast_ref
+    ref, drift = _reference(loaded, work, target, verify)
     tok_src = _tokenizer_folder(src_folder, base_folder)
     with atomic_output(out_path, is_dir=True) as tmp:
         _say(log, f"writing {target} safetensors (shards up to {shard_bytes} bytes)")
@@ -363,13 +409,9 @@ def convert(
             _say(log, f"bundling the vision tower from {tower_folder}")
             layout.bundle_tower(tower_folder, tmp / layout.BUNDLED_TOWER_DIR)
         num_params = sum(p.numel() for p in layout.without_tower(lm.state_dict()).values())
-        # free the source before reloading: two copies of a 7B model do not fit a workstation
         del lm
-        loaded.model = None
+        _free(loaded, dev)
         del loaded
-        gc.collect()
-        if dev.startswith("cuda"):
-            torch.cuda.empty_cache()
 
         result = ConvertResult(
             out=str(out_path), source_kind=kind, dtype=target, work_dtype=work, num_tensors=0, num_params=num_params,
@@ -380,26 +422,7 @@ def convert(
         result.num_tensors = len(layout.checkpoint_keys(tmp))
         if verify and ref is not None:
             _say(log, "reloading the result and comparing probe logits")
-            try:
-                again = load_model(str(tmp), dtype=target, device=dev, attn="sdpa")
-            except LibraError as exc:
-                raise VerificationError(f"the converted checkpoint does not load ({exc}); nothing was written to "
-                                        f"{out_path}") from exc
-            got = probe_logits(again)
-            del again
-            gc.collect()
-            diff = float((got - ref).abs().max())
-            scale = max(1.0, float(ref.abs().max()))
-            tol = tolerance if tolerance is not None else default_tolerance(target)
-            result.max_abs_diff, result.tolerance, result.logit_scale = diff, tol, scale
-            result.greedy_token_match = bool(torch.equal(got.argmax(-1), ref.argmax(-1)))
-            if not (diff <= tol * scale):
-                raise VerificationError(
-                    f"verification failed: the converted checkpoint's probe logits differ from the source's by "
-                    f"{diff:.3g} (allowed {tol * scale:.3g}); nothing was written to {out_path} "
-                    "(rerun with --debug to investigate, or --no-verify to write it anyway)"
-                )
-            result.verified = True
+            _verify(tmp, out_path, ref, target, dev, tolerance, result)
         result.seconds = time.perf_counter() - t0
     # paths inside the report name the final folder
     return result

@@ -1,4 +1,4 @@
-"""Image loading and preprocessing (spec §2), numerically identical to the original PIL path.
+"""Image loading and preprocessing (docs/reference-format.md#images), numerically identical to the original PIL path.
 
 The original code ran transformers' PIL-based ("slow") image processors. transformers 5 prefers
 torchvision-based processors that resize differently (pixel values move by up to 1.4 on a
@@ -174,7 +174,7 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _dicom_to_rgb(data: bytes, name: str) -> Image.Image:
-    """DICOM -> RGB: VOI LUT (or windowing), MONOCHROME1 inverted, min-max to 0..255 (spec §2)."""
+    """DICOM -> RGB: VOI LUT (or windowing), MONOCHROME1 inverted, min-max to 0..255 (docs/reference-format.md#images)."""
     try:
         import pydicom
         from pydicom.pixels import apply_voi_lut

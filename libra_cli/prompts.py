@@ -1,4 +1,4 @@
-"""Conversation templates and prompt tokenisation (spec §5).
+"""Conversation templates and prompt tokenisation (docs/reference-format.md#prompts).
 
 Templates are data (``resources/conv_templates.json``, every mode of the original code).
 Rendering follows the original separator styles; the single-turn rendering of every template is

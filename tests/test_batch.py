@@ -152,7 +152,7 @@ def test_bad_samples_go_to_errors_and_exit_code(fixture_model, images, tmp_path,
         {"question_id": 6, "image": [images["c"]]},
     ]
     q.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    monkeypatch.setattr("libra_cli.commands.common.load", lambda *a, **k: fixture_model)
+    monkeypatch.setattr("libra_cli.commands.options.ModelFlags.load", lambda *a, **k: fixture_model)
     out = tmp_path / "ans.jsonl"
     res = CliRunner().invoke(app, ["batch", str(q), "--out", str(out), "--max-new-tokens", "3", "-b", "2", "-q"])
     assert res.exit_code == b.EXIT_SAMPLES_FAILED, res.output

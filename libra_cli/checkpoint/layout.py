@@ -16,23 +16,24 @@ from typing import Any
 
 import torch
 
+from libra_cli.checkpoint.files import (  # noqa: F401 - re-exported: layout is where callers look
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    BUNDLED_TOWER_DIR,
+    CONNECTOR_PREFIX,
+    NON_LORA_FILE,
+    PROJECTOR_FILE,
+    PROJECTOR_FILES,
+    PUBLISHED_PROJECTOR_FILE,
+    TOKENIZER_FILES,
+    TOWER_FILES,
+    TOWER_PATTERNS,
+    TOWER_PREFIX,
+    TRAINABLES_PREFIX,
+    WEIGHT_FILES,
+)
 from libra_cli.errors import InputError, ModelLoadError
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-PROJECTOR_FILES = ("mm_projector.bin", "mm_tac_projector.bin")  # stage-1 output; the published TAC export
-PROJECTOR_FILE = PROJECTOR_FILES[0]
-NON_LORA_FILE = "non_lora_trainables.bin"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-CONNECTOR_PREFIX = "model.mm_projector."
-TOWER_PREFIX = "model.vision_tower.vision_tower."
-TRAINABLES_PREFIX = "base_model.model."  # PEFT's prefix on non_lora_trainables keys
-BUNDLED_TOWER_DIR = "vision_tower"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.tiktoken", "qwen.tiktoken")
-TOWER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-TOWER_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
 _LLAVA_KEY = re.compile(r"(model\.mm_projector\.)(\d+\.)")
 
 
@@ -153,6 +154,11 @@ def normalize_connector_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.
     TAC keys (``model.mm_projector.LFE...``) are left alone; only purely numeric first components move.
     """
     return {_LLAVA_KEY.sub(r"\1projector.\2", k, count=1): v for k, v in state.items()}
+
+
+def to_llava_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Libra's connector naming -> the LLaVA lineage's (``mm_projector.0.weight``), for tests and exports."""
+    return {k.replace(CONNECTOR_PREFIX + "projector.", CONNECTOR_PREFIX): v for k, v in state.items()}
 
 
 def strip_trainables_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands import common as c
+from libra_cli.commands.options import GenerationFlags, Group, ModelFlags, OutputFlags, with_flags
 from libra_cli.errors import InputError
 
 IN = "Input"
@@ -18,10 +18,10 @@ def register(app: typer.Typer) -> None:
     app.command("batch")(batch)
 
 
+@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=Group(OutputFlags, exclude=("as_json",)))
 def batch(
-    input: Annotated[str | None, typer.Argument(help="Questions JSONL (spec §7), CSV, parquet file or dataset folder.", show_default=False)] = None,
+    input: Annotated[str | None, typer.Argument(help="Questions JSONL (docs/batch.md#inputs), CSV, parquet file or dataset folder.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
-    model: c.ModelOpt = "X-iZhang/libra-v1.0-7b",
     dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset (hub name, folder or parquet), e.g. X-iZhang/MIMIC-CXR-RRG.", rich_help_panel=IN)] = None,
     config: Annotated[str | None, typer.Option("--config", help="Dataset config, e.g. findings_section.", rich_help_panel=IN)] = None,
     split: Annotated[str, typer.Option("--split", help="Dataset split.", rich_help_panel=IN)] = "test",
@@ -40,25 +40,10 @@ def batch(
     shard: Annotated[int | None, typer.Option("--shard", help="This process's shard, 0..N-1 (default: RANK).", min=0, rich_help_panel=RUN)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming from --out.", rich_help_panel=RUN)] = False,
     model_id: Annotated[str | None, typer.Option("--model-id", help="model_id written in the answers (default: the model folder name).", rich_help_panel=RUN)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.", rich_help_panel=RUN)] = False,
-    model_base: c.ModelBaseOpt = None,
-    vision_tower: c.VisionTowerOpt = None,
-    conv_mode: c.ConvModeOpt = None,
-    dtype: c.DtypeOpt = "auto",
-    device: c.DeviceOpt = "auto",
-    attn: c.AttnOpt = "auto",
-    load_4bit: c.Load4Opt = False,
-    load_8bit: c.Load8Opt = False,
-    max_new_tokens: c.MaxNewOpt = 512,
-    temperature: c.TempOpt = 0.0,
-    top_p: c.TopPOpt = None,
-    top_k: c.TopKOpt = None,
-    seed: c.SeedOpt = None,
-    num_beams: c.BeamsOpt = 1,
-    length_penalty: c.LenPenOpt = 1.0,
-    no_repeat_ngram_size: c.NgramOpt = None,
-    num_return_sequences: c.NRetOpt = 1,
-    repetition_penalty: c.RepPenOpt = None,
+    *,
+    model: ModelFlags,
+    gen: GenerationFlags,
+    out_flags: OutputFlags,
 ) -> None:
     """Generate reports for every sample of a questions file or dataset: batched, resumable, sharded."""
     from rich.console import Console
@@ -68,8 +53,8 @@ def batch(
     err = Console(stderr=True)
     bs = b.parse_batch_size(batch_size)
     n, k = b.resolve_shard(num_shards, shard)
-    gen = c.settings(max_new_tokens, temperature, top_p, top_k, seed, num_beams, length_penalty,
-                     no_repeat_ngram_size, num_return_sequences, repetition_penalty)
+    settings = gen.settings()
+    quiet = out_flags.quiet
     cols = b.Columns(image=image_column, prior=prior_column or None, prompt=prompt_column or None, id=id_column,
                      context=context_column, reference=reference_column)
     items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
@@ -77,10 +62,10 @@ def batch(
     items, errors = b.apply_limit(items, errors, limit)
     if not items and not errors:
         raise InputError("the input holds no samples")
-    device = b.shard_device(device, n, k)
-    loaded = c.load(model, model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
+    model.device = b.shard_device(model.device, n, k)
+    loaded = model.load(quiet=quiet)
     progress = _Progress(err, quiet)
-    runner = b.BatchRunner(loaded, gen, batch_size=bs, workers=workers, cache_mb=cache_mb, model_id=model_id,
+    runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb, model_id=model_id,
                            on_batch=progress.advance)
     try:
         stats = b.run_batch(runner, items, errors, out, num_shards=n, shard=k, overwrite=overwrite,

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands import common as c
+from libra_cli.checkpoint import files
+from libra_cli.commands.options import ModelBaseOpt, VisionTowerOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -22,13 +23,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id: full, LoRA or projector-only.")],
     out: Annotated[str, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
-    model_base: c.ModelBaseOpt = None,
+    model_base: ModelBaseOpt = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (keep the source's) | bfloat16 | float16 | float32.")] = "auto",
     bundle_vision_tower: Annotated[bool, typer.Option(
         "--bundle-vision-tower", help="Copy the encoder weights and preprocessor into OUT/vision_tower and point "
                                       "mm_vision_tower at it: the folder runs offline from anywhere.")] = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard (e.g. 5GB, 500MB).")] = "5GB",
-    vision_tower: c.VisionTowerOpt = None,
+    vision_tower: VisionTowerOpt = None,
     device: Annotated[str, typer.Option("--device", help="Where to merge and verify: cpu | cuda | cuda:N | auto.")] = "cpu",
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the result and compare probe logits with the source.")] = True,
     tolerance: Annotated[float | None, typer.Option(
@@ -67,8 +68,8 @@ def convert(
 
 def export_projector(
     src: Annotated[str, typer.Argument(help="Full checkpoint (folder or hub id), stage-1 folder, LoRA folder, "
-                                             "or an mm_projector.bin / non_lora_trainables.bin file.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output .bin file (keys model.mm_projector.*).")] = "mm_tac_projector.bin",
+                                             f"or a {files.PROJECTOR_FILE} / {files.NON_LORA_FILE} file.")],
+    out: Annotated[str, typer.Option("--out", "-o", help=f"Output .bin file (keys {files.CONNECTOR_PREFIX}*).")] = files.PUBLISHED_PROJECTOR_FILE,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (keep) | bfloat16 | float16 | float32.")] = "auto",
     force: ForceOpt = False,
     as_json: JsonOpt = False,

@@ -6,30 +6,25 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands import common as c
+from libra_cli.commands.options import MODEL_HELP, Group, ModelFlags, with_flags
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
+@with_flags(load=Group(ModelFlags, exclude=("model",)))
 def serve(
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help=c.MODEL_HELP + " Repeat to offer several; the first is the default (published checkpoints are always listed).", rich_help_panel="Model")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help=MODEL_HELP + " Repeat to offer several; the first is the default (published checkpoints are always listed).", rich_help_panel="Model")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; mind who can reach it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
     share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link (needs internet).")] = False,
-    model_base: c.ModelBaseOpt = None,
-    vision_tower: c.VisionTowerOpt = None,
-    conv_mode: c.ConvModeOpt = None,
-    dtype: c.DtypeOpt = "auto",
-    device: c.DeviceOpt = "auto",
-    attn: c.AttnOpt = "auto",
-    load_4bit: c.Load4Opt = False,
-    load_8bit: c.Load8Opt = False,
-    max_new_tokens: c.MaxNewOpt = 512,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default maximum tokens on the page.", rich_help_panel="Generation")] = 512,
     max_loaded: Annotated[int, typer.Option("--max-loaded", help="Models kept in memory at once (least recently used is unloaded).")] = 2,
     queue_size: Annotated[int, typer.Option("--queue-size", help="Requests that may wait in the queue; more are turned away.")] = 32,
     preload: Annotated[bool, typer.Option("--preload/--no-preload", help="Load the default model before serving.")] = True,
+    *,
+    load: ModelFlags,
 ) -> None:
     """Web app: upload the current and prior X-ray, read the streamed draft Findings."""
     from libra_cli.errors import InputError
@@ -43,7 +38,7 @@ def serve(
     from libra_cli.serve.page import serve as run
     from libra_cli.serve.server import ModelKey, ServeOptions
 
-    key = ModelKey("", model_base, vision_tower, conv_mode, dtype, device, attn, load_4bit, load_8bit)
+    key = ModelKey(**(load.kwargs() | {"model": ""}))
     opts = ServeOptions(models=list(model or []), load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,
                         queue_size=queue_size, preload=preload)
     run(opts, host=host, port=port, share=share, log=lambda m: typer.echo(m, err=True))

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 def align(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
           resume_from: ResumeFromOpt = None, distributed: DistOpt = None, num_processes: NProcOpt = None,
           dry_run: DryOpt = False) -> None:
-    """Stage 1: train the connector (encoder and LLM frozen); writes mm_projector.bin per checkpoint."""
+    """Stage 1: train the connector (encoder and LLM frozen); each checkpoint holds the connector file."""
     _run("align", recipe, set_, out, resume, resume_from, distributed, num_processes, dry_run)
 
 

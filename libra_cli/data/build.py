@@ -1,6 +1,6 @@
 """Training JSON / evaluation JSONL from pairs + sections (``libra data build``).
 
-Formats (reference-format spec section 7):
+Formats (docs/reference-format.md#data):
 
 - training JSON: ``[{"id", "image": [current, prior] | [current], "conversations":
   [{"from": "human", "value": "<image>\\n" + prompt}, {"from": "gpt", "value": target}]}]``;
@@ -218,8 +218,8 @@ def _study_key(value: Any) -> str:
 
 
 def write_training_json(records: list[dict[str, Any]], path: Path) -> None:
-    """The conversations-format training list (spec section 7), atomically."""
-    from libra_cli.data.io import atomic_path
+    """The conversations-format training list (docs/reference-format.md#data), atomically."""
+    from libra_cli.atomic import atomic_path
 
     items = [
         {
@@ -240,8 +240,8 @@ def write_training_json(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_questions(records: list[dict[str, Any]], path: Path) -> None:
-    """Evaluation questions JSONL (spec section 7): question_id, image, text, reference."""
-    from libra_cli.data.io import atomic_path
+    """Evaluation questions JSONL (docs/reference-format.md#data): question_id, image, text, reference."""
+    from libra_cli.atomic import atomic_path
 
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -1,11 +1,11 @@
-"""File helpers shared by the data commands: atomic writes and fast, checked CSV/Parquet/JSONL I/O."""
+"""File helpers shared by the data commands: fast, checked CSV/Parquet/JSONL I/O (written atomically)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from libra_cli.atomic import atomic_path  # noqa: F401 - re-exported for the data modules
+from libra_cli.atomic import atomic_path
 from libra_cli.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -211,25 +211,14 @@ def _stable_order(subject: np.ndarray, date: np.ndarray, time: np.ndarray, group
     return np.lexsort(keys)  # stable; the last key is the primary one
 
 
-def pair_priors(
-    metadata: pa.Table,
-    split: pa.Table | None,
-    opts: PairOptions,
-) -> tuple[pa.Table, PairStats]:
-    """Join, filter and pair; return the output table (in sorted order) and statistics."""
-    import numpy as np
+def _join_split(table: pa.Table, split: pa.Table | None, opts: PairOptions, stats: PairStats
+                ) -> tuple[pa.Table, pa.Array | None]:
+    """Join the split file (adds a ``split`` column) and select ``opts.split_name``; returns the rows-kept mask."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    stats = PairStats(metadata_rows=metadata.num_rows)
-    table = metadata
-    if "ViewPosition" not in table.column_names:
-        if opts.views is not None or opts.same_view_class:
-            raise InputError("the metadata file has no ViewPosition column; drop --views / --same-view-class")
-        table = table.append_column("ViewPosition", pa.array([""] * table.num_rows, pa.string()))
-
     n0 = table.num_rows
-    mask = None  # rows kept: joined with the split, in the split asked for, pairable, right view
+    mask = None  # rows kept: joined with the split and in the split asked for
     if split is not None:
         same_order = split.num_rows == n0 and (
             n0 == 0 or pc.all(pc.equal(table["dicom_id"], split["dicom_id"])).as_py()
@@ -260,6 +249,32 @@ def pair_priors(
         if opts.split_name != "all":
             raise InputError(f"--split-name {opts.split_name} needs --split SPLIT.csv; give the split file or drop it")
         stats.joined_rows = n0
+    return table, mask
+
+
+def pair_priors(
+    metadata: pa.Table,
+    split: pa.Table | None,
+    opts: PairOptions,
+) -> tuple[pa.Table, PairStats]:
+    """Join, filter and pair; return the output table (in sorted order) and statistics.
+
+    Long: one vectorised pipeline over pyarrow/numpy columns in sorted order; cutting it further would
+    pass a dozen aligned arrays between helpers.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    stats = PairStats(metadata_rows=metadata.num_rows)
+    table = metadata
+    if "ViewPosition" not in table.column_names:
+        if opts.views is not None or opts.same_view_class:
+            raise InputError("the metadata file has no ViewPosition column; drop --views / --same-view-class")
+        table = table.append_column("ViewPosition", pa.array([""] * table.num_rows, pa.string()))
+
+    n0 = table.num_rows
+    table, mask = _join_split(table, split, opts, stats)
     stats.split_rows = _count(mask, n0)
 
     # rows the snippet cannot handle (it would crash): missing ids or date

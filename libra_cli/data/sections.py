@@ -358,6 +358,38 @@ def _issue_kind(msg: str) -> str:
     return msg.split(":", 1)[0]
 
 
+def _results(jobs: list[tuple[str, list[str]]], workers: int) -> Iterator[tuple[int, BatchResult]]:
+    """(patient dirs done, result) per job, in job order; on ``workers`` processes when it pays."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield len(job[1]), _process_star(job)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with ctx.Pool(processes=workers) as pool:
+        for job, res in zip(jobs, pool.imap(_process_star, jobs, chunksize=1), strict=True):
+            yield len(job[1]), res
+
+
+def _write_issues(out_dir: Path, issues: list[tuple[str, str]], stats: SectionStats) -> None:
+    """``extract_sections_issues.csv`` (path, issue), or no file when there were none; counts per kind."""
+    from libra_cli.atomic import atomic_path
+
+    for _, msg in issues:
+        kind = _issue_kind(msg)
+        stats.issue_counts[kind] = stats.issue_counts.get(kind, 0) + 1
+    issue_path = out_dir / "extract_sections_issues.csv"
+    if issues:
+        with atomic_path(issue_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "issue"])
+            w.writerows(issues)
+        stats.issues_file = str(issue_path)
+    elif issue_path.exists():
+        issue_path.unlink()
+
+
 def extract_sections(
     reports_dir: Path,
     out_dir: Path,
@@ -371,8 +403,11 @@ def extract_sections(
     """Section every report under ``reports_dir`` into ``out_dir`` (files written atomically).
 
     ``on_start(n_patient_dirs)`` and ``on_progress(done_dirs, reports, bytes)`` drive a progress bar.
+
+    Long: the streaming writer keeps the sectioned CSV open and flushes chunk files as results arrive;
+    its state (pending rows, chunk index) lives in this one frame.
     """
-    from libra_cli.data.io import atomic_path
+    from libra_cli.atomic import atomic_path
 
     if chunk_rows < 1:
         raise InputError("--chunk-rows must be at least 1")
@@ -391,18 +426,6 @@ def extract_sections(
     jobs = [(str(root), b) for b in _batches(dirs, batch_dirs)]
     issues: list[tuple[str, str]] = []
     counts = dict.fromkeys(SECTION_COLUMNS, 0)
-
-    def results() -> Iterator[tuple[int, BatchResult]]:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield len(job[1]), _process_star(job)
-            return
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ctx.Pool(processes=workers) as pool:
-            for job, res in zip(jobs, pool.imap(_process_star, jobs, chunksize=1), strict=True):
-                yield len(job[1]), res
 
     header = ["study", *SECTION_COLUMNS]
     chunk_names: list[str] = []
@@ -427,7 +450,7 @@ def extract_sections(
                 if no_split:
                     break
 
-        for ndirs, res in results():
+        for ndirs, res in _results(jobs, workers):
             sect_fh.write(res.sectioned)
             for col, k in res.with_section.items():
                 counts[col] += k
@@ -446,18 +469,7 @@ def extract_sections(
         flush(final=True)
 
     stats.chunk_files = chunk_names
-    for _, msg in issues:
-        kind = _issue_kind(msg)
-        stats.issue_counts[kind] = stats.issue_counts.get(kind, 0) + 1
-    issue_path = out_dir / "extract_sections_issues.csv"
-    if issues:
-        with atomic_path(issue_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "issue"])
-            w.writerows(issues)
-        stats.issues_file = str(issue_path)
-    elif issue_path.exists():
-        issue_path.unlink()
+    _write_issues(out_dir, issues, stats)
     stats.with_section = counts
     stats.sectioned_rows = stats.reports - stats.special_cases
     stats.stale_files = sorted(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,25 +65,12 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not rows:
             raise InputError(f"{path} has a header but no rows")
         return rows
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file") from exc
-        out = []
-        for i, rec in enumerate(data):
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}: item {i} is not an object; each item needs question_id and text fields")
-            out.append((i + 1, rec))
-        return out
+    from libra_cli.jsonio import iter_records
+
     records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: malformed JSON ({exc.msg}); each line must be one JSON object") from exc
+    for lineno, rec in iter_records(path, text=text):
+        if isinstance(rec, ValueError):
+            raise InputError(f"{path}:{lineno}: malformed JSON ({rec}); each line must be one JSON object")
         if not isinstance(rec, dict):
             raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         records.append((lineno, rec))

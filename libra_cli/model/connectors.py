@@ -1,4 +1,4 @@
-"""Connectors that map encoder features to LLM embeddings (spec §4).
+"""Connectors that map encoder features to LLM embeddings (docs/reference-format.md#connectors).
 
 Parameter names are part of the checkpoint format: they are kept exactly as the original
 (including the ``cros_attention`` spelling). Plain torch only (no torchvision).
@@ -120,12 +120,3 @@ def build_connector(config: Any) -> nn.Module:
     if m:
         return Projector(d, h, int(m.group(1)))
     raise InputError(f"unknown mm_projector_type {kind!r} in config.json; expected TAC, linear or mlpNx_gelu")
-
-
-def normalize_connector_keys(state: dict[str, torch.Tensor], prefix: str = "model.mm_projector.") -> dict[str, torch.Tensor]:
-    """Accept the LLaVA key layout ``mm_projector.0.weight`` as ``mm_projector.projector.0.weight``."""
-    out: dict[str, torch.Tensor] = {}
-    pat = re.compile(re.escape(prefix) + r"(\d+\.)")
-    for k, v in state.items():
-        out[pat.sub(prefix + r"projector.\1", k, count=1)] = v
-    return out

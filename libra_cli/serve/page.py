@@ -54,7 +54,11 @@ def _status_html(msg: str) -> str:
 
 
 def build_app(server: Server) -> Any:
-    """The Gradio Blocks page for ``server``."""
+    """The Gradio Blocks page for ``server``.
+
+    Long: a declarative layout (components in reading order, then their events); every decision is
+    the server's.
+    """
     import gradio as gr
 
     opts = server.options

@@ -100,8 +100,10 @@ def make_tiny_libra(out: str | Path, tokenizer_dir: str | Path, backbone: str = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("model.vision_tower.")}
-    if llava_keys:  # the LLaVA lineage layout: model.mm_projector.0.weight
-        state = {k.replace("model.mm_projector.projector.", "model.mm_projector."): v for k, v in state.items()}
+    if llava_keys:  # the LLaVA lineage's connector naming
+        from libra_cli.checkpoint.layout import to_llava_keys
+
+        state = to_llava_keys(state)
     cfg.save_pretrained(out)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     copy_tokenizer(tokenizer_dir, out)

@@ -1,4 +1,4 @@
-"""Training data (spec §7): training JSON + image folder, lazy image loading, label masking, collation.
+"""Training data (docs/reference-format.md#data): training JSON + image folder, lazy image loading, label masking, collation.
 
 Label masking: only the assistant's answer tokens and the separator that closes each answer
 (``</s>`` for TWO-style templates such as ``libra_v1``) carry labels; the system text, the user
@@ -9,7 +9,6 @@ tokenizer's character offsets, so the result does not depend on how separators m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,13 @@ ROLE_MAP = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
 # ---------------------------------------------------------------------- reading and checking the JSON
 def read_records(path: str | Path, image_folder: str | Path | None = None, check_images: bool = True) -> list[dict]:
     """Load and validate a training JSON (a list of records, or JSONL); one-line error on the first bad record."""
+    from libra_cli.jsonio import read_records as read_json_records
+
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"data file {p} not found; give the training JSON (spec §7)")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix == ".jsonl":
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"data file {p}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file") from exc
-    if not isinstance(data, list) or not data:
+        raise InputError(f"data file {p} not found; give the training JSON (docs/training.md#data)")
+    data = read_json_records(p, "data file")
+    if not data:
         raise InputError(f"data file {p}: expected a non-empty list of records with image and conversations")
     folder = Path(image_folder) if image_folder else p.parent
     for i, rec in enumerate(data):

@@ -30,7 +30,7 @@ class Recipe:
     vision_tower: str | None = None  # override / set mm_vision_tower
     mm_projector_type: str = "TAC"  # used when the base is a plain LLM
     mm_vision_select_layer: str = "all"
-    pretrain_mm_mlp_adapter: str | None = None  # mm_tac_projector.bin / mm_projector.bin to start from
+    pretrain_mm_mlp_adapter: str | None = None  # a stage-1 connector file (or its folder) to start from
     conv_mode: str = "libra_v1"
     dtype: str = "float32"  # weights while training: float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | auto

@@ -119,15 +119,15 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     lm.requires_grad_(False)
     model = lm
     if stage == "align":
-        lm.model.mm_projector.requires_grad_(True)
+        lm.connector.requires_grad_(True)
         config.tune_mm_mlp_adapter = True
     else:
         if not recipe.lora_enable:  # full fine-tune of the text model
             lm.requires_grad_(True)
             lm.model.vision_tower.requires_grad_(False)
-            lm.model.mm_projector.requires_grad_(False)
+            lm.connector.requires_grad_(False)
         if not recipe.freeze_mm_mlp_adapter:
-            lm.model.mm_projector.requires_grad_(True)
+            lm.connector.requires_grad_(True)
         config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
         config.mm_projector_lr = recipe.mm_projector_lr
         if recipe.lora_enable:
@@ -138,7 +138,7 @@ def build_model(recipe: Recipe, stage: str) -> Built:
             model = get_peft_model(lm, lcfg)
             model.peft_config["default"].base_model_name_or_path = recipe.model_name_or_path
             if not recipe.freeze_mm_mlp_adapter:  # PEFT froze everything but the adapters
-                lm.model.mm_projector.requires_grad_(True)
+                lm.connector.requires_grad_(True)
     if recipe.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.enable_input_require_grads()
@@ -165,6 +165,11 @@ def _saved_config(config: Any, folder: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- trainer
 def _trainer_cls() -> type:
+    """transformers' Trainer with the original checkpoint layouts, a connector learning rate and validation.
+
+    Long: the subclass is defined inside so that transformers is imported only when training; its
+    methods are the body of this function.
+    """
     from transformers import Trainer
 
     class LibraTrainer(Trainer):
@@ -233,7 +238,7 @@ def _trainer_cls() -> type:
             lm = self.built.base
             cfg = _saved_config(self.built.config, self.built.folder)
             if self.stage == "align":
-                layout.save_projector(lm.model.mm_projector, out, state_dict)
+                layout.save_projector(lm.connector, out, state_dict)
             else:
                 from peft import PeftModel
 
@@ -282,30 +287,36 @@ def _trainer_cls() -> type:
     return LibraTrainer
 
 
-def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
-    """Generate for ``records`` with the model being trained and score against the last answers."""
+def validation_model(built: Built, recipe: Recipe) -> Any:
+    """The model being trained as a :class:`LoadedModel` (with the original-exact codec of its base)."""
     from libra_cli.checkpoint.load import LoadedModel
-    from libra_cli.generation import GenerationSettings, Sample, generate
-    from libra_cli.metrics import evaluate_reports
 
-    lm = trainer.built.base
-    r = trainer.recipe
+    return LoadedModel.from_model(built.base, built.tokenizer, built.folder, recipe.conv_mode,
+                                  image_processor=built.processor, name="training", folder=recipe.output_dir)
+
+
+def validation_reports(built: Built, recipe: Recipe, records: list[dict]) -> tuple[list[str], list[str]]:
+    """(generated texts, reference answers) for validation records, with the model being trained.
+
+    The model is wrapped with :meth:`LoadedModel.from_model`, so it tokenises and decodes with the
+    same original-exact codec as ``libra infer``: the texts are what the checkpoint will print.
+    """
+    from libra_cli.generation import GenerationSettings, Sample, generate
+
+    lm = built.base
     was_training = lm.training
     lm.eval()
     old_cache = lm.generation_config.use_cache
     lm.generation_config.use_cache = True
-    # the same codec as inference: validation text equals what libra infer prints for the checkpoint
-    loaded = LoadedModel.from_model(lm, trainer.processing_class, trainer.built.folder, r.conv_mode,
-                                    image_processor=trainer.built.processor, name="training", folder=r.output_dir)
-    folder = Path(r.image_folder)
-    settings = GenerationSettings(max_new_tokens=r.eval_max_new_tokens, num_beams=r.eval_num_beams)
+    loaded = validation_model(built, recipe)
+    folder = Path(recipe.image_folder)
+    settings = GenerationSettings(max_new_tokens=recipe.eval_max_new_tokens, num_beams=recipe.eval_num_beams)
     preds, refs = [], []
     try:
-        bs = max(r.per_device_eval_batch_size, 1)
+        bs = max(recipe.per_device_eval_batch_size, 1)
         for i in range(0, len(records), bs):
-            chunk = records[i: i + bs]
             samples = []
-            for rec in chunk:
+            for rec in records[i: i + bs]:
                 imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
                 q = rec["conversations"][0]["value"].replace("<image>", "").strip()
                 prior = str(folder / imgs[1]) if len(imgs) > 1 and imgs[1] else None
@@ -315,7 +326,15 @@ def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
     finally:
         lm.generation_config.use_cache = old_cache
         lm.train(was_training)
-    res = evaluate_reports(refs, preds, metrics=r.eval_metrics, meteor=trainer._meteor)
+    return preds, refs
+
+
+def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
+    """Generate for ``records`` with the model being trained and score against the last answers."""
+    from libra_cli.metrics import evaluate_reports
+
+    preds, refs = validation_reports(trainer.built, trainer.recipe, records)
+    res = evaluate_reports(refs, preds, metrics=trainer.recipe.eval_metrics, meteor=trainer._meteor)
     return {k: float(v) for k, v in res["scores"].items()}
 
 
@@ -394,32 +413,11 @@ def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
     return str(resume)
 
 
-def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None) -> TrainResult:
-    """Run one stage: data checked first, then the model, then transformers' Trainer."""
+def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: bool, report_to: list[str]) -> Any:
+    """transformers' ``TrainingArguments`` from the recipe (the Trainer owns DDP / DeepSpeed / FSDP)."""
     from transformers import TrainingArguments
 
-    from libra_cli.training.data import LibraCollator, LibraTrainDataset
-
-    train_records, eval_records = prepare_data(recipe)
-    ckpt = resolve_resume(resume, recipe.output_dir)
-    built = build_model(recipe, stage)
-    mm_se = bool(getattr(built.config, "mm_use_im_start_end", False))
-    pad = getattr(built.config, "image_aspect_ratio", "pad") == "pad"
-
-    def ds(recs: list[dict]) -> LibraTrainDataset:
-        return LibraTrainDataset(recs, recipe.image_folder, built.tokenizer, built.processor, recipe.conv_mode,
-                                 built.info["num_image_tokens"], recipe.model_max_length, pad, mm_se)
-
-    train_ds = ds(train_records)
-    eval_ds = ds(eval_records) if eval_records else None
-    evaluating = eval_ds is not None and recipe.eval_steps is not None
-    best = recipe.metric_for_best_model if evaluating else None
-    if best and not recipe.eval_generate:
-        best = "loss"
-    higher = best is not None and best.lower() not in ("loss", "eval_loss")
-    report_to = [] if recipe.report_to == "none" else [recipe.report_to]
-    _recipe_mixed_precision(recipe)
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=recipe.output_dir,
         num_train_epochs=recipe.num_train_epochs,
         max_steps=recipe.max_steps,
@@ -451,6 +449,32 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
         gradient_checkpointing=False,  # enabled on the model itself (works with frozen inputs)
         ddp_find_unused_parameters=False,
     )
+
+
+def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None) -> TrainResult:
+    """Run one stage: data checked first, then the model, then transformers' Trainer."""
+    from libra_cli.training.data import LibraCollator, LibraTrainDataset
+
+    train_records, eval_records = prepare_data(recipe)
+    ckpt = resolve_resume(resume, recipe.output_dir)
+    built = build_model(recipe, stage)
+    mm_se = bool(getattr(built.config, "mm_use_im_start_end", False))
+    pad = getattr(built.config, "image_aspect_ratio", "pad") == "pad"
+
+    def ds(recs: list[dict]) -> LibraTrainDataset:
+        return LibraTrainDataset(recs, recipe.image_folder, built.tokenizer, built.processor, recipe.conv_mode,
+                                 built.info["num_image_tokens"], recipe.model_max_length, pad, mm_se)
+
+    train_ds = ds(train_records)
+    eval_ds = ds(eval_records) if eval_records else None
+    evaluating = eval_ds is not None and recipe.eval_steps is not None
+    best = recipe.metric_for_best_model if evaluating else None
+    if best and not recipe.eval_generate:
+        best = "loss"
+    higher = best is not None and best.lower() not in ("loss", "eval_loss")
+    report_to = [] if recipe.report_to == "none" else [recipe.report_to]
+    _recipe_mixed_precision(recipe)
+    args = _training_args(recipe, evaluating, best, higher, report_to)
     collator = LibraCollator(built.tokenizer.pad_token_id, built.info["num_image_tokens"], recipe.padding_side)
     trainer = _trainer_cls()(
         model=built.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
