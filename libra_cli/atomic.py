@@ -19,24 +19,38 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from libra_cli.errors import InputError
+from libra_cli.errors import InputError, disk_error
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """A disk-full / read-only / permission error inside the block names ``path`` (what the user asked to write)."""
+    try:
+        yield
+    except OSError as exc:
+        named = disk_error(exc, path)
+        if named is None:
+            raise
+        raise named from exc
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if fsync:
-            with open(tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
+        with naming(path):
+            yield tmp_path
+            if fsync:
+                with open(tmp_path, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o644)
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -131,9 +145,10 @@ def atomic_output(out: Path, is_dir: bool = True) -> Iterator[Path]:
     _clean_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if is_dir:
-        tmp.mkdir()
+        with naming(out):
+            tmp.mkdir()
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), naming(out):
             yield tmp
             _move_into_place(tmp, out)
     finally:

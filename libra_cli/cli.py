@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last line of defence: never show a traceback unasked
         if debug:
             raise
-        msg = explain(exc) or f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        msg, code = explain(exc) or (
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
         err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(code)

@@ -262,7 +262,7 @@ def _tower_reference(config: Any, src_folder: str, out: Path, override: str | No
 
 
 def _write_config(tmp: Path, src_config: Path, target: str, tower_ref: str) -> None:
-    """config.json as the source's, with the new dtype and tower (and ``torch_dtype`` for transformers 4)."""
+    """config.json as the source's, with the new dtype and tower, readable by transformers 4.x and 5."""
     d = json.loads((tmp / "config.json").read_text())
     try:
         orig = json.loads(src_config.read_text())
@@ -270,16 +270,11 @@ def _write_config(tmp: Path, src_config: Path, target: str, tower_ref: str) -> N
         orig = {}
     if "use_cache" in orig:  # the loader turns the cache on; keep what the source said
         d["use_cache"] = orig["use_cache"]
-    for k, v in orig.items():  # fields transformers 5 renamed (rope_theta, ...) stay readable by the original code
+    for k, v in orig.items():  # fields transformers 5 dropped stay as the source had them
         if k not in d and k not in ("transformers_version", "_name_or_path"):
             d[k] = v
-    rope = d.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in d:
-        d["rope_theta"] = rope["rope_theta"]
-    d["dtype"] = target
-    d["torch_dtype"] = target
     d["mm_vision_tower"] = tower_ref
-    (tmp / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    layout.write_config(tmp, d, dtype=target)
 
 
 def _say(log: Log | None, msg: str) -> None:

@@ -6,6 +6,9 @@ line; the CLI and the web app both use it, so a user sees the same words everywh
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class LibraError(Exception):
     """An error caused by the user's input or environment, shown without a traceback.
@@ -29,11 +32,36 @@ def is_oom(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def explain(exc: BaseException) -> str | None:
-    """An actionable one-line message for an environment failure that is not a bug, else None."""
+_DISK = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write somewhere else"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
+    errno.EROFS: ("the file system is read-only", "write somewhere else (e.g. --out)"),
+    errno.EACCES: ("permission denied", "check the permissions or write somewhere else"),
+    errno.EPERM: ("operation not permitted", "check the permissions or write somewhere else"),
+}
+_DISK_TEXT = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+              "Disk quota exceeded": errno.EDQUOT, "Permission denied": errno.EACCES}
+
+
+def disk_error(exc: BaseException, path: str | os.PathLike[str] | None = None) -> OSError | None:
+    """The same OSError naming ``path`` (the output the user asked for, not a hidden temp file), or None."""
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno if exc.errno in _DISK else next((c for t, c in _DISK_TEXT.items() if t in str(exc)), None)
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path) if path is not None else exc.filename)
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """``(one-line message, exit code)`` for an environment failure that is not a bug, else None."""
     if is_oom(exc):
         return (
             "out of memory: lower --batch-size / --max-new-tokens / --num-beams, use --dtype bfloat16, "
-            "or load in 4-bit (--load-4bit)"
-        )
+            "or load in 4-bit (--load-4bit)", 1)
+    disk = disk_error(exc)
+    if disk is not None:
+        what, fix = _DISK[disk.errno]
+        where = f" while writing {disk.filename}" if disk.filename else ""
+        return f"{what}{where}; {fix}", 2
     return None

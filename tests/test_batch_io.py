@@ -107,3 +107,12 @@ def test_sharding_and_ids(tmp_path: Path) -> None:
     assert a == b.answer_id("m", "1", {"t": 0}) != b.answer_id("m", 2, {"t": 0}) and len(a) == 22
     os.environ.pop("WORLD_SIZE", None)
     assert b.shard_from_env() == (1, 0)
+
+
+def test_a_second_writer_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "a.jsonl"
+    first = b.AnswerWriter(out)
+    with pytest.raises(b.InputError, match="another libra batch is writing"):
+        b.AnswerWriter(out)
+    first.close()
+    b.AnswerWriter(out).close()  # free again once the first run is done

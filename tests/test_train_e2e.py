@@ -190,3 +190,66 @@ def test_connector_on_its_own_learning_rate(tiny, tmp_path):
         assert ids <= conn or not ids & conn
         assert g["lr"] == (1e-5 if ids <= conn else 2e-3)
     assert sum(len(g["params"]) for g in groups) == len(names)
+
+
+def test_outputs_round_trip_like_their_base(tiny, stage1, stage2):
+    """Every trained folder carries the base's tokenizer files (tokenizer.model: the original-exact codec) and a
+    config.json that transformers 4.x (the original code) reads the same way as 5 (rope_theta, torch_dtype)."""
+    from libra_cli.checkpoint import load_model
+    from libra_cli.generation import Sample, prompt_ids
+
+    base = load_model(str(tiny / "base"), device="cpu")
+    for folder in (stage1, stage1 / "checkpoint-4", stage2, stage2 / "checkpoint-4", tiny / "converted"):
+        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            assert (folder / name).read_bytes() == (tiny / "base" / name).read_bytes(), (folder, name)
+        cfg = json.loads((folder / "config.json").read_text())
+        assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] and cfg["torch_dtype"] == "float32"
+        assert "rope_scaling" in cfg
+    lora = load_model(str(stage2), model_base=str(tiny / "base"), device="cpu")
+    text = "Compare  with the prior:  two  spaces"  # runs of spaces: where the fast tokenizer differs
+    sample = Sample("x.jpg", query=text)
+    assert prompt_ids(lora, sample)[1] == prompt_ids(base, Sample("x.jpg", query=text))[1]
+    ids = base.encode("The heart size is normal. \u00e9\u00e8 ok")
+    assert lora.codec is not None and lora.decode(ids) == base.decode(ids)
+
+
+def test_train_refuses_an_earlier_run_without_resume_or_force(tiny, stage1, capsys):
+    from libra_cli.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "align", "--recipe", "tiny-cpu", *_common(tiny), "-o", str(stage1)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and "--resume" in err and "--force" in err
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny, monkeypatch):
+    """A kill during the checkpoint-4 write leaves only a hidden staging folder; --resume starts from checkpoint-2
+    and the run finishes with the output path alone on stdout (logs and progress go to stderr)."""
+    import subprocess
+    import sys
+
+    from libra_cli.training import trainer as tr
+
+    out = tiny / "killed"
+    real = tr.publish_checkpoint
+
+    def killed_at_4(staging, run_dir, step, state):  # noqa: ANN001, ANN202
+        if step == 4:
+            raise KeyboardInterrupt  # the process dies before the rename
+        return real(staging, run_dir, step, state)
+
+    monkeypatch.setattr(tr, "publish_checkpoint", killed_at_4)
+    from libra_cli.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "align", "--recipe", "tiny-cpu", *_common(tiny), "-o", str(out)])
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and not (out / "checkpoint-4").exists()
+    assert list(out.glob(".staging-checkpoint-4"))
+    assert tr.resolve_resume(True, str(out)) == str(out / "checkpoint-2")
+    res = subprocess.run([sys.executable, "-m", "libra_cli", "train", "align", "--recipe", "tiny-cpu", *_common(tiny),
+                          "-o", str(out), "--resume"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [str(out)]
+    assert "loss" in res.stderr
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file() and not list(out.glob(".staging-*"))

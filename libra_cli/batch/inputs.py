@@ -230,8 +230,12 @@ def read_csv(path: str | Path, cols: Columns, image_folder: str | Path | None = 
     return _rows_to_items(rows, cols, names, folder, cell)
 
 
-def open_dataset(source: str, config: str | None = None, split: str | None = "test") -> Any:
-    """A ``datasets.Dataset`` from a hub name, a ``save_to_disk`` folder, a data folder or a parquet file."""
+def open_dataset(source: str, config: str | None = None, split: str | None = None) -> Any:
+    """A ``datasets.Dataset`` from a hub name, a ``save_to_disk`` folder, a data folder or a parquet file.
+
+    ``split=None``: ``test`` when there is one, else the only split. A split that is not there is an
+    error, never a silent fallback to other rows.
+    """
     import datasets
 
     p = Path(source).expanduser()
@@ -251,13 +255,29 @@ def open_dataset(source: str, config: str | None = None, split: str | None = "te
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (offline, missing config, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot open dataset '{source}': {first}") from exc
+    return _choose_split(ds, split, source, one_table=p.is_file())
+
+
+def _choose_split(ds: Any, split: str | None, source: str, one_table: bool) -> Any:
+    import datasets
+
     if isinstance(ds, datasets.DatasetDict):
-        if split in ds:
-            ds = ds[split]
-        elif len(ds) == 1:
-            ds = next(iter(ds.values()))
-        else:
-            raise InputError(f"dataset '{source}' has splits {', '.join(ds)}; choose one with --split")
+        names = ", ".join(ds)
+        if split is not None:
+            if split not in ds:
+                raise InputError(f"dataset '{source}' has no split {split!r} (it has: {names}); choose one with --split")
+            return ds[split]
+        if "test" in ds:
+            return ds["test"]
+        if len(ds) == 1:
+            return next(iter(ds.values()))
+        raise InputError(f"dataset '{source}' has splits {names}; choose one with --split")
+    if split is not None and one_table:
+        raise InputError(f"'{source}' is a single table without splits; drop --split (or filter the file first)")
+    saved = str(getattr(ds, "split", None) or "")
+    if split is not None and saved and saved != split:
+        raise InputError(f"dataset '{source}' holds only the {saved} split, not {split!r}; drop --split or give "
+                         "the folder that holds that split")
     return ds
 
 
@@ -306,7 +326,7 @@ def read_dataset(ds: Any, cols: Columns, image_folder: str | Path | None = None,
     return _rows_to_items(rows, cols, names, folder, cell)
 
 
-def read_input(source: str | None, *, dataset: str | None = None, config: str | None = None, split: str = "test",
+def read_input(source: str | None, *, dataset: str | None = None, config: str | None = None, split: str | None = None,
                image_folder: str | None = None, cols: Columns | None = None) -> tuple[list[Item], list[ErrorRecord]]:
     """Dispatch on the input kind: ``--dataset`` / folder / .parquet -> dataset, .csv -> CSV, else questions JSONL."""
     cols = cols or Columns()

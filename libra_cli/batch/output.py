@@ -14,9 +14,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from libra_cli.atomic import write_jsonl_atomic
+from libra_cli.atomic import naming, write_jsonl_atomic
 from libra_cli.batch.inputs import qid_key
 from libra_cli.batch.plan import errors_path, shard_path
+from libra_cli.errors import InputError
 
 _SHORTUUID = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _NS = uuid.UUID("6c1b1f0e-4b7a-4a53-9d1e-6c1b1f0e4b7a")
@@ -65,14 +66,21 @@ class AnswerWriter:
 
     def __init__(self, path: Path, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite and self.path.exists():
-            self.path.unlink()
-        recs, self.bad_lines = read_lines(self.path)
-        self.done: dict[str, dict[str, Any]] = {}
-        for r in recs:
-            self.done.setdefault(qid_key(r["question_id"]), r)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with naming(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.path)
+        try:
+            if overwrite and self.path.exists():
+                self.path.unlink()
+            recs, self.bad_lines = read_lines(self.path)
+            self.done: dict[str, dict[str, Any]] = {}
+            for r in recs:
+                self.done.setdefault(qid_key(r["question_id"]), r)
+            with naming(self.path):
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except BaseException:
+            self._lock.close()
+            raise
 
     def append(self, records: list[dict[str, Any]]) -> None:
         fresh = [r for r in records if qid_key(r["question_id"]) not in self.done]
@@ -80,10 +88,11 @@ class AnswerWriter:
             return
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        os.fsync(self._fd)
+        with naming(self.path):
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
         for r in fresh:
             self.done[qid_key(r["question_id"])] = r
 
@@ -91,6 +100,23 @@ class AnswerWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._lock.close()  # releases the flock
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def _lock(out: Path) -> Any:
+    """An exclusive lock on ``out`` for this process's lifetime: two runs appending to one file would interleave."""
+    fh = open(lock_path(out), "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.close()
+        raise InputError(f"another libra batch is writing {out} (lock {lock_path(out)}); wait for it to finish "
+                         "or use another --out") from exc
+    return fh
 
 
 def ordered_answers(items_order: list[str], answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from libra_cli.atomic import write_jsonl_atomic
+from libra_cli.atomic import naming, write_jsonl_atomic
 from libra_cli.batch.images import EncoderCache, ImagePrefetcher, decode_image
 from libra_cli.batch.inputs import ErrorRecord, ImageRef, Item, qid_key
 from libra_cli.batch.output import AnswerWriter, answer_id, merge_shards, ordered_answers, read_lines
@@ -80,7 +80,8 @@ class ErrorLog:
     def __init__(self, path: Path, first: list[ErrorRecord]) -> None:
         self.path = path
         self.records: list[ErrorRecord] = []
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with naming(path):
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.add(first)
 
     def add(self, errs: list[ErrorRecord]) -> None:
@@ -88,8 +89,9 @@ class ErrorLog:
             return
         self.records += errs
         data = "".join(json.dumps(e.to_dict() | {"_index": e.index}, ensure_ascii=False) + "\n" for e in errs)
-        os.write(self._fd, data.encode("utf-8"))
-        os.fsync(self._fd)
+        with naming(self.path):
+            os.write(self._fd, data.encode("utf-8"))
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -44,7 +44,7 @@ def hub_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None
         if offline():
             raise ModelLoadError(
                 f"{what} {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                f"download it first (huggingface-cli download {name}) or pass a local folder"
+                f"download it first (hf download {name}) or pass a local folder"
             ) from exc
         raise ModelLoadError(f"cannot download {what} {name!r} (no network?); pass a local folder") from exc
     except RepositoryNotFoundError as exc:

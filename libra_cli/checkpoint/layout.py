@@ -37,6 +37,40 @@ from libra_cli.errors import InputError, ModelLoadError
 _LLAVA_KEY = re.compile(r"(model\.mm_projector\.)(\d+\.)")
 
 
+# ------------------------------------------------------------------ damaged files
+
+
+def redownload_hint(path: str | Path) -> str:
+    """How to get a good copy: ``hf download`` for a hub-cache folder, else re-create it."""
+    m = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", str(Path(path).resolve()))
+    if m:
+        return f"download it again: hf download {m.group(1)}/{m.group(2)} --force-download"
+    return "copy or convert it again"
+
+
+def damaged(path: str | Path, exc: BaseException) -> ModelLoadError:
+    """A one-line error for a checkpoint file that cannot be read, naming the file and the fix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+        return ModelLoadError(f"{path} holds Python objects besides tensors, and libra never unpickles those "
+                              "(loading them could run code); use a safetensors copy of the checkpoint")
+    return ModelLoadError(f"{path} is damaged or incomplete ({text[:160]}); {redownload_hint(path)}")
+
+
+def corrupt_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "this weight file is bad" (safetensors' and pickle's own, truncation)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, pickle.UnpicklingError, EOFError)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Everything reading a weight file may raise for a bad file."""
+    return (*corrupt_errors(), OSError, ValueError, RuntimeError, KeyError)
+
+
 # ------------------------------------------------------------------ what a folder holds
 
 
@@ -86,6 +120,11 @@ def has_tokenizer(folder: str | Path) -> bool:
     return any((f / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
+def has_spm_model(folder: str | Path) -> bool:
+    """The slow tokenizer's SentencePiece model is there (the original-exact codec needs it)."""
+    return (Path(folder) / "tokenizer.model").is_file()
+
+
 def checkpoint_keys(folder: str | Path) -> list[str]:
     """Tensor names of a full checkpoint, read from headers/index only (no tensor is loaded)."""
     f = Path(folder)
@@ -95,11 +134,17 @@ def checkpoint_keys(folder: str | Path) -> list[str]:
     if (f / "model.safetensors").is_file():
         from safetensors import safe_open
 
-        with safe_open(str(f / "model.safetensors"), "pt") as sf:
-            return list(sf.keys())
+        try:
+            with safe_open(str(f / "model.safetensors"), "pt") as sf:
+                return list(sf.keys())
+        except _read_errors() as exc:
+            raise damaged(f / "model.safetensors", exc) from exc
     if (f / "pytorch_model.bin").is_file():
         # mmap: only the pickle's key list is read, not gigabytes of tensors that from_pretrained reads again
-        return list(torch.load(f / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
+        try:
+            return list(torch.load(f / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
+        except _read_errors() as exc:
+            raise damaged(f / "pytorch_model.bin", exc) from exc
     return []
 
 
@@ -112,14 +157,16 @@ def read_tensors(folder: str | Path, prefix: str) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
         for file in files:
-            with safe_open(str(file), "pt") as sf:
-                for k in sf.keys():
-                    if k.startswith(prefix):
-                        out[k] = sf.get_tensor(k)
+            try:
+                with safe_open(str(file), "pt") as sf:
+                    for k in sf.keys():
+                        if k.startswith(prefix):
+                            out[k] = sf.get_tensor(k)
+            except _read_errors() as exc:
+                raise damaged(file, exc) from exc
         return out
     for file in sorted(f.glob("pytorch_model*.bin")):
-        sd = torch.load(file, map_location="cpu", weights_only=True)
-        out.update({k: v for k, v in sd.items() if k.startswith(prefix)})
+        out.update({k: v for k, v in load_bin(file).items() if k.startswith(prefix)})
     return out
 
 
@@ -134,8 +181,8 @@ def load_bin(path: str | Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise ModelLoadError(f"missing file {path}") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
+        raise damaged(path, exc) from exc
 
 
 # ------------------------------------------------------------------ key layouts
@@ -207,6 +254,38 @@ def save_non_lora_trainables(lm: torch.nn.Module, folder: str | Path,
             out[key] = (full.get(key, p)).detach().cpu().clone()
     path = non_lora_file(folder)
     torch.save(out, path)
+    return path
+
+
+def config_for_both(d: dict[str, Any], dtype: str | None = None) -> dict[str, Any]:
+    """A config dict that transformers 4.x (the original code) and 5 both read the same way.
+
+    transformers 5 writes ``rope_parameters`` and ``dtype``; 4.x reads ``rope_theta``, ``rope_scaling``
+    and ``torch_dtype`` and silently falls back to theta 10000 without scaling when they are missing
+    (wrong positions for Llama-3-based libra-v1.0-3b). Both forms are written.
+    """
+    d = dict(d)
+    rope = d.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope:
+            d["rope_theta"] = rope["rope_theta"]
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        if scaling.get("rope_type", "default") != "default":
+            d["rope_scaling"] = {**scaling, "type": scaling["rope_type"]}
+        else:
+            d.setdefault("rope_scaling", None)
+    if dtype is not None:
+        d["dtype"] = dtype
+    saved = d.get("dtype") or d.get("torch_dtype")
+    if saved:
+        d["dtype"] = d["torch_dtype"] = str(saved).replace("torch.", "")
+    return d
+
+
+def write_config(folder: str | Path, d: dict[str, Any], dtype: str | None = None) -> Path:
+    """``config.json`` readable by transformers 4.x and 5 (see :func:`config_for_both`)."""
+    path = Path(folder) / "config.json"
+    path.write_text(json.dumps(config_for_both(d, dtype), indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -118,6 +118,8 @@ def build_lm(weights_folder: str | Path, config: Any, dtype: torch.dtype, attn: 
     model_cls = modeling.BACKBONES[config.model_type][1]
     try:
         return model_cls.from_pretrained(str(weights_folder), config=config, **kw)
+    except layout.corrupt_errors() as exc:
+        raise layout.damaged(weights_folder, exc) from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load weights from {weights_folder}: {exc}") from exc
 
@@ -185,6 +187,8 @@ def load_model(
 
     tok_folder = folder if layout.has_tokenizer(folder) else (base_folder or folder)
     tokenizer = load_tokenizer(tok_folder)
+    if base_folder and not layout.has_spm_model(tok_folder) and layout.has_spm_model(base_folder):
+        tok_folder = base_folder  # an output that lost tokenizer.model: decode with its base's, like the original
     chosen = registry.default_conv_mode(model, config)
     if conv_mode and conv_mode != chosen:
         prompts.get_template(conv_mode)  # validates the name

@@ -71,13 +71,28 @@ def resolve_dtype(dtype: str, device: str, config: Any = None) -> torch.dtype:
     return DTYPES[saved] if saved in ("float16", "bfloat16") else torch.bfloat16
 
 
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+_ATTN_ALIASES = {"flash": "flash_attention_2", "flash2": "flash_attention_2", "fa2": "flash_attention_2"}
+
+
 def resolve_attention(attn: str, device: str, dtype: torch.dtype) -> str:
     """``sdpa`` by default; ``flash_attention_2`` when flash-attn is installed and usable."""
+    attn = _ATTN_ALIASES.get(attn, attn)
+    if attn not in ATTENTION:
+        raise InputError(f"unknown --attn {attn!r}; use {', '.join(ATTENTION)}")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if attn == "flash_attention_2":
+        if not has_flash:
+            raise InputError("--attn flash_attention_2 needs the flash-attn package, which has no wheels: build it "
+                             "on a CUDA machine with nvcc (pip install flash-attn --no-build-isolation), or use "
+                             "--attn sdpa (the default, nearly as fast)")
+        if not device.startswith("cuda"):
+            raise InputError("--attn flash_attention_2 runs on CUDA GPUs only; use --attn sdpa on this device")
+        return attn
     if attn != "auto":
         return attn
-    if device.startswith("cuda") and dtype in (torch.float16, torch.bfloat16):
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
+    if device.startswith("cuda") and dtype in (torch.float16, torch.bfloat16) and has_flash:
+        return "flash_attention_2"
     return "sdpa"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from libra_cli.checkpoint.hub import hub_folder
-from libra_cli.checkpoint.layout import TOWER_PATTERNS
+from libra_cli.checkpoint.layout import TOWER_PATTERNS, corrupt_errors, damaged
 from libra_cli.errors import ModelLoadError
 from libra_cli.images import ImageProcessorConfig
 from libra_cli.model.encoders import VisionTower, parse_select_layer, vision_model_class
@@ -72,7 +72,12 @@ def load_vision_tower(config: Any, checkpoint_dir: str | Path | None = None, ove
         raise ModelLoadError(f"unsupported vision tower type {vcfg.model_type!r} at {path}; use DINOv2, CLIP or SigLIP")
     if hasattr(vcfg, "vision_config") and vcfg.model_type in ("clip", "siglip", "siglip2"):
         vcfg = vcfg.vision_config
-    tower = model_cls.from_pretrained(folder, config=vcfg, dtype=dtype)
+    try:
+        tower = model_cls.from_pretrained(folder, config=vcfg, dtype=dtype)
+    except corrupt_errors() as exc:
+        raise damaged(folder, exc) from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the vision tower from {folder}: {exc}") from exc
     tower.requires_grad_(False)
     tower.eval()
     proc = ImageProcessorConfig.from_pretrained(folder)

@@ -24,7 +24,7 @@ def batch(
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
     dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset (hub name, folder or parquet), e.g. X-iZhang/MIMIC-CXR-RRG.", rich_help_panel=IN)] = None,
     config: Annotated[str | None, typer.Option("--config", help="Dataset config, e.g. findings_section.", rich_help_panel=IN)] = None,
-    split: Annotated[str, typer.Option("--split", help="Dataset split.", rich_help_panel=IN)] = "test",
+    split: Annotated[str | None, typer.Option("--split", help="Dataset split (default: test, or the only split).", rich_help_panel=IN)] = None,
     image_folder: Annotated[str | None, typer.Option("--image-folder", help="Folder that relative image paths are under (default: the input file's folder).", rich_help_panel=IN)] = None,
     image_column: Annotated[str, typer.Option("--image-column", help="Current-image column (CSV / dataset).", rich_help_panel=IN)] = "main_image",
     prior_column: Annotated[str, typer.Option("--prior-column", help="Prior-image column; empty cells use the current image (dummy prior).", rich_help_panel=IN)] = "prior_image",

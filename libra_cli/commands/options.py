@@ -117,6 +117,8 @@ def with_flags(**groups: type | Group) -> Callable[[Callable[..., Any]], Callabl
                     raise TypeError(f"{fn.__name__}: flag {f.name!r} is defined twice")
                 owner[f.name] = gname
                 default = spec.defaults.get(f.name, f.default)
+                if default is dataclasses.MISSING:  # a required flag
+                    default = inspect.Parameter.empty
                 added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                                annotation=hints[f.name]))
 

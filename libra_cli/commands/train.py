@@ -6,24 +6,31 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from libra_cli.commands.options import with_flags
 from libra_cli.errors import InputError
 
 train_app = typer.Typer(help="Train Libra: stage 1 align (connector only), stage 2 finetune (LoRA).",
                         no_args_is_help=True)
 
-RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe: libra7b, libra3b, tiny-cpu (libra recipes list).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: --set learning_rate=1e-4 (repeatable).")]
-OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output folder (recipe output_dir).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Resume from the latest checkpoint-N in the output folder.")]
-ResumeFromOpt = Annotated[str | None, typer.Option("--resume-from", help="Resume from this checkpoint folder.")]
-DistOpt = Annotated[str | None, typer.Option("--distributed", help="Launch on several GPUs with a preset: ddp | zero2 | zero3 | fsdp.")]
-NProcOpt = Annotated[int | None, typer.Option("--num-processes", help="GPUs for --distributed (default: all visible).")]
-DryOpt = Annotated[bool, typer.Option("--dry-run", help="Check the recipe and the data, print the resolved recipe, load no model.")]
+@dataclass
+class TrainFlags:
+    """The flags of both stages (one definition; ``libra train align`` and ``finetune`` share them)."""
+
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe: libra7b, libra3b, tiny-cpu (libra recipes list).")]
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: --set learning_rate=1e-4 (repeatable).")] = None
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (recipe output_dir).")] = None
+    resume: Annotated[bool, typer.Option("--resume", help="Resume from the newest complete checkpoint-N in the output folder.")] = False
+    resume_from: Annotated[str | None, typer.Option("--resume-from", help="Resume from this checkpoint folder.")] = None
+    force: Annotated[bool, typer.Option("--force", help="Start again in an output folder that holds an earlier run (its contents are removed).")] = False
+    distributed: Annotated[str | None, typer.Option("--distributed", help="Launch on several GPUs with a preset: ddp | zero2 | zero3 | fsdp.")] = None
+    num_processes: Annotated[int | None, typer.Option("--num-processes", help="GPUs for --distributed (default: all visible).")] = None
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the recipe and the data, print the resolved recipe, load no model.")] = False
 
 
 def register(app: typer.Typer) -> None:
@@ -31,46 +38,46 @@ def register(app: typer.Typer) -> None:
 
 
 @train_app.command("align")
-def align(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-          resume_from: ResumeFromOpt = None, distributed: DistOpt = None, num_processes: NProcOpt = None,
-          dry_run: DryOpt = False) -> None:
+@with_flags(flags=TrainFlags)
+def align(*, flags: TrainFlags) -> None:
     """Stage 1: train the connector (encoder and LLM frozen); each checkpoint holds the connector file."""
-    _run("align", recipe, set_, out, resume, resume_from, distributed, num_processes, dry_run)
+    _run("align", flags)
 
 
 @train_app.command("finetune")
-def finetune(recipe: RecipeOpt, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-             resume_from: ResumeFromOpt = None, distributed: DistOpt = None, num_processes: NProcOpt = None,
-             dry_run: DryOpt = False) -> None:
+@with_flags(flags=TrainFlags)
+def finetune(*, flags: TrainFlags) -> None:
     """Stage 2: LoRA fine-tune of the LLM; writes the original LoRA layout (load with --model-base)."""
-    _run("finetune", recipe, set_, out, resume, resume_from, distributed, num_processes, dry_run)
+    _run("finetune", flags)
 
 
-def _run(stage: str, recipe_path: str, sets: list[str] | None, out: str | None, resume: bool,
-         resume_from: str | None, distributed: str | None, num_processes: int | None, dry_run: bool) -> None:
+def _run(stage: str, f: TrainFlags) -> None:
     import yaml
-    from rich.console import Console
 
+    from libra_cli.console import err_console
     from libra_cli.training.recipe import load_recipe, parse_overrides
 
-    err = Console(stderr=True)
-    overrides = parse_overrides(sets)
-    if out:
-        overrides["output_dir"] = out
-    if distributed:
-        overrides["distributed"] = distributed
-    recipe = load_recipe(recipe_path, stage, overrides)
-    from libra_cli.training.trainer import prepare_data, resolve_resume
+    err = err_console()
+    overrides = parse_overrides(f.set_)
+    if f.out:
+        overrides["output_dir"] = f.out
+    if f.distributed:
+        overrides["distributed"] = f.distributed
+    recipe = load_recipe(f.recipe, stage, overrides)
+    from libra_cli.training.trainer import check_output_dir, prepare_data, resolve_resume
 
     train_records, eval_records = prepare_data(recipe)  # data errors before any model loads
-    ckpt = resolve_resume(resume_from or resume, recipe.output_dir)
-    if dry_run:
+    resume = f.resume_from or f.resume
+    if not f.dry_run and "LOCAL_RANK" not in os.environ:  # the launcher's processes find it checked already
+        check_output_dir(recipe.output_dir, resume=bool(resume), force=f.force)
+    ckpt = resolve_resume(resume, recipe.output_dir)
+    if f.dry_run:
         typer.echo(yaml.safe_dump({"stage": stage, **recipe.to_dict()}, sort_keys=False).rstrip())
         err.print(f"[dim]{len(train_records)} training records"
                   + (f", {len(eval_records)} validation records" if eval_records else "") + "[/]")
         return
     if recipe.distributed != "none" and "LOCAL_RANK" not in os.environ:
-        _launch(recipe.distributed, num_processes)
+        _launch(recipe.distributed, f.num_processes)
         return
     from libra_cli.training.trainer import train
 

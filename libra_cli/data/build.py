@@ -90,7 +90,7 @@ class BuildStats:
     outputs: list[str] = field(default_factory=list)
 
 
-def read_sections(path: Path) -> dict[str, dict[str, str]]:
+def read_sections(path: Path, required: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
     """``mimic_cxr_sectioned.csv`` -> {study 's5...': {section: text}} (empty cells left out)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -112,6 +112,11 @@ def read_sections(path: Path) -> dict[str, dict[str, str]]:
         raise InputError(f"cannot read sections file '{path}': {first}; give mimic_cxr_sectioned.csv from extract-sections") from exc
     if "study" not in table.column_names:
         raise InputError(f"sections file '{path}' has no 'study' column; give mimic_cxr_sectioned.csv from extract-sections")
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise InputError(f"sections file '{path}' has no {', '.join(missing)} column (it has: "
+                         f"{', '.join(table.column_names)}); choose another --target or give the full "
+                         "mimic_cxr_sectioned.csv from extract-sections")
     cols = [c for c in SECTION_COLUMNS if c in table.column_names]
     studies = table["study"].to_pylist()
     data = {c: table[c].to_pylist() for c in cols}
@@ -322,9 +327,14 @@ def run_build(
         if "dicom_id" not in pairs.column_names:
             raise InputError("pairs file has no dicom_id column; give the output of 'libra data pair-priors'")
         pairs = attach_split(pairs, split_path)
-    sections = read_sections(sections_path)
+    if opts.target not in SECTION_COLUMNS:
+        raise InputError(f"--target '{opts.target}' is not a section; use one of {', '.join(SECTION_COLUMNS)}")
+    sections = read_sections(sections_path, required=(opts.target,))
     records, stats = build_records(pairs, sections, opts)
     stats.sections_rows = len(sections)
+    if not records:
+        raise InputError(f"no image has a {opts.target} section in '{sections_path}' ({stats.rows} pairs read); "
+                         "nothing was written: check that the pairs and sections come from the same studies")
     if out_json is not None:
         write_training_json(records, out_json)
         stats.outputs.append(str(out_json))

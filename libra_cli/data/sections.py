@@ -419,7 +419,12 @@ def extract_sections(
             "give the unzipped mimic-cxr-reports 'files' folder"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; extract-sections writes a folder of CSV files: give a folder path")
+    from libra_cli.atomic import naming
+
+    with naming(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(dirs))
     stats = SectionStats()

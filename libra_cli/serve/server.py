@@ -269,7 +269,7 @@ class Server:
             yield Update(error=str(exc), status="error", model=name, done=True)
             return
         except Exception as exc:  # noqa: BLE001 - the page shows it instead of a dead spinner
-            yield Update(error=explain(exc) or f"internal error: {type(exc).__name__}: {exc}",
+            yield Update(error=(explain(exc) or (f"internal error: {type(exc).__name__}: {exc}",))[0],
                          status="error", model=name, done=True)
             return
         path = self._write_download(report, name, loaded, cur_path, prior_path, ctx)

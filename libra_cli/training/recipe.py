@@ -79,7 +79,7 @@ class Recipe:
     metric_for_best_model: str | None = "BLEU4"  # keep the best checkpoint in best/ (None: off)
     report_to: str = "none"  # none | tensorboard | wandb
     distributed: str = "none"  # none | ddp | zero2 | zero3 | fsdp (presets: libra recipes list)
-    disable_tqdm: bool = False
+    disable_tqdm: bool = False  # no progress bar: one log line per logging step on stderr instead
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:

@@ -249,9 +249,34 @@ def _trainer_cls() -> type:
                 else:  # full fine-tune without LoRA: a plain full checkpoint
                     kw = {} if state_dict is None else {"state_dict": layout.without_tower(state_dict)}
                     lm.save_pretrained(str(out), **kw)
-            (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-            self.processing_class.save_pretrained(str(out)) if self.processing_class is not None else None
+            layout.write_config(out, cfg, dtype=self.recipe.dtype)
+            # the base's own tokenizer files (tokenizer.model included): the output then tokenises and decodes
+            # exactly like its base with the original-exact codec, and the original code can load it
+            if not layout.copy_tokenizer_files(self.built.folder, out) and self.processing_class is not None:
+                self.processing_class.save_pretrained(str(out))
             save_recipe(self.recipe, out, self.stage)
+
+        # ---- checkpoints appear only when complete: written under a hidden name, then renamed
+        def _get_output_dir(self, trial: Any) -> str:
+            staging = getattr(self, "_staging", None)
+            return str(staging) if staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            run_dir = Path(super()._get_output_dir(trial))
+            step = self.state.global_step
+            self._staging = run_dir / f"{STAGING_PREFIX}{step}"
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                staging, self._staging = self._staging, None
+            self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
+            if self.args.should_save:
+                publish_checkpoint(staging, run_dir, step, self.state)
+                from transformers.trainer_utils import rotate_checkpoints
+
+                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.accelerator.wait_for_everyone()
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             from libra_cli.checkpoint.load import load_projector
@@ -349,15 +374,57 @@ def _callbacks(recipe: Recipe) -> list[Any]:
             if not args.should_save or not state.best_global_step or state.best_global_step != state.global_step:
                 return
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            dst = Path(args.output_dir) / "best"
             if src.is_dir():
-                tmp = dst.with_name("best.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"))
-                shutil.rmtree(dst, ignore_errors=True)
-                tmp.rename(dst)
+                from libra_cli.atomic import atomic_output
 
-    return [KeepBest()]
+                with atomic_output(Path(args.output_dir) / "best", is_dir=False) as tmp:
+                    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"))
+
+    return [KeepBest(), _progress_callback(recipe)]
+
+
+def _progress_callback(recipe: Recipe) -> Any:
+    """Progress on stderr (stdout is for the output path): a rich bar on a terminal, else one line per log."""
+    import sys
+
+    from transformers import TrainerCallback
+
+    from libra_cli.console import err_console, progress_bar
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.console = err_console()
+            self.bar: Any = None
+            self.task: Any = None
+            self.last = ""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero and sys.stderr.isatty() and not recipe.disable_tqdm:
+                self.bar = progress_bar(self.console, "training", unit="steps")
+                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, rate="")
+                self.bar.start()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, rate=self.last)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "tokens_per_s")
+                     or k.startswith("eval_")}
+            line = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            if "loss" in logs:
+                self.last = f"loss {logs['loss']:.4f}" + (f", {logs['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in logs else "")
+            if self.bar is None or any(k.startswith("eval_") for k in logs):
+                self.console.print(f"[dim]step {state.global_step}/{state.max_steps}:[/] {line}", highlight=False)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    return Progress()
 
 
 # ---------------------------------------------------------------------- entry point
@@ -397,17 +464,71 @@ def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
     return train, ev
 
 
+def check_output_dir(output_dir: str | Path, resume: bool, force: bool) -> None:
+    """Refuse to train over an earlier run unless resuming it or asked to replace it (``--force``)."""
+    out = Path(output_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"output folder {out} is a file; give a folder path with --out")
+    contents = [p for p in out.iterdir() if p.name not in (".DS_Store",)]
+    if not contents or resume:
+        return
+    if not force:
+        raise InputError(f"output folder {out} holds an earlier run ({len(contents)} entries); pass --resume to "
+                         "continue it, --force to start again there, or choose another --out")
+    for p in contents:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+STAGING_PREFIX = ".staging-checkpoint-"
+COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last
+
+
+def publish_checkpoint(staging: Path, run_dir: Path, step: int, state: Any) -> Path:
+    """Rename a fully written ``.staging-checkpoint-N/checkpoint-N`` to ``checkpoint-N`` (replacing a re-save)."""
+    written = staging / f"checkpoint-{step}"
+    final = run_dir / f"checkpoint-{step}"
+    # the Trainer looked for the best checkpoint under the staging name: point it at the published one
+    best = run_dir / f"checkpoint-{state.best_global_step}" if getattr(state, "best_global_step", None) else None
+    state.best_model_checkpoint = str(best) if best is not None and (best.is_dir() or best == final) else None
+    state_file = written / COMPLETE_MARK
+    if state_file.is_file():
+        saved = json.loads(state_file.read_text())
+        saved["best_model_checkpoint"] = state.best_model_checkpoint
+        state_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(written, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders that were written completely, oldest first (staging folders never count)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+             and (p / COMPLETE_MARK).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
-    """``--resume``: ``True``/``"latest"`` -> the newest checkpoint in ``output_dir``; a path -> that path."""
+    """``--resume``: ``True``/``"latest"`` -> the newest complete checkpoint in ``output_dir``; a path -> that path.
+
+    A run killed while writing a checkpoint leaves a hidden staging folder (removed here) and never a
+    half-written ``checkpoint-N``; older layouts' incomplete folders (no trainer state) are skipped.
+    """
     if not resume:
         return None
+    for stale in Path(output_dir).glob(f"{STAGING_PREFIX}*") if Path(output_dir).is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
     if resume is True or resume == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if last is None:
-            raise InputError(f"--resume: no checkpoint-N folder in {output_dir}; drop --resume to start fresh")
-        return last
+        done = complete_checkpoints(output_dir)
+        if not done:
+            raise InputError(f"--resume: no complete checkpoint-N folder in {output_dir}; drop --resume to start fresh")
+        return str(done[-1])
     if not Path(str(resume)).is_dir():
         raise InputError(f"--resume {resume}: not a checkpoint folder")
     return str(resume)
@@ -444,7 +565,7 @@ def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: b
         report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=recipe.dataloader_num_workers,
-        disable_tqdm=recipe.disable_tqdm,
+        disable_tqdm=True,  # progress and logs go to stderr through libra's own callback
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False,  # enabled on the model itself (works with frozen inputs)
         ddp_find_unused_parameters=False,
@@ -481,6 +602,10 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
         processing_class=built.tokenizer, callbacks=[*_callbacks(recipe), *(callbacks or [])],
         recipe=recipe, stage=stage, built=built, eval_records=eval_records,
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # prints the log dicts on stdout
+    trainer.remove_callback(ProgressCallback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.perf_counter() - t0
