@@ -27,7 +27,7 @@ def naming(path: str | Path) -> Iterator[None]:
     """A disk-full / read-only / permission error inside the block names ``path`` (what the user asked to write)."""
     try:
         yield
-    except OSError as exc:
+    except Exception as exc:
         named = disk_error(exc, path)
         if named is None:
             raise

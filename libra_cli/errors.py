@@ -44,13 +44,15 @@ _DISK_TEXT = {"No space left on device": errno.ENOSPC, "Read-only file system": 
 
 
 def disk_error(exc: BaseException, path: str | os.PathLike[str] | None = None) -> OSError | None:
-    """The same OSError naming ``path`` (the output the user asked for, not a hidden temp file), or None."""
-    if not isinstance(exc, OSError):
-        return None
-    code = exc.errno if exc.errno in _DISK else next((c for t, c in _DISK_TEXT.items() if t in str(exc)), None)
+    """An OSError for a full / read-only / forbidden destination naming ``path`` (the output the user asked
+    for, not a hidden temp file), or None when ``exc`` is something else."""
+    errno_ = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    # writers with their own error types (safetensors, pyarrow) report the OS error in their message
+    code = errno_ if errno_ in _DISK else next((c for t, c in _DISK_TEXT.items() if t in str(exc)), None)
     if code is None:
         return None
-    return OSError(code, os.strerror(code), str(path) if path is not None else exc.filename)
+    filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    return OSError(code, os.strerror(code), str(path) if path is not None else filename)
 
 
 def explain(exc: BaseException) -> tuple[str, int] | None:

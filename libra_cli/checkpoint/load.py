@@ -99,6 +99,9 @@ def read_config(folder: str | Path) -> Any:
     try:
         return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise ModelLoadError(f"{folder} needs custom code from the checkpoint (trust_remote_code); libra never "
+                                 "runs code from checkpoints: use a Libra-format checkpoint") from exc
         raise ModelLoadError(f"cannot read {folder}/config.json: {exc}") from exc
 
 

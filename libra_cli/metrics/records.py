@@ -156,22 +156,25 @@ def append_results_csv(path: Path, model_name: str, scores: dict[str, float]) ->
     """Append one row like the original ``append_results_to_csv`` (header written only for a new file).
 
     An existing file keeps its own column order; metrics it has no column for are refused rather than dropped.
+    The file is rewritten atomically, so a full disk never leaves a torn row.
     """
+    from libra_cli.atomic import atomic_path
+
     row = {"Model Name": model_name, **scores}
-    if path.exists() and path.stat().st_size > 0:
-        with path.open(newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), [])
-        extra = [k for k in row if k not in header]
-        if extra:
-            raise InputError(f"{path} has no column(s) {', '.join(extra)}; write to a new CSV or choose matching --metrics")
-        with path.open("a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=header).writerow(row)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
+    old = path.read_text(encoding="utf-8") if path.exists() and path.stat().st_size > 0 else ""
+    header = next(csv.reader(io.StringIO(old)), []) if old else list(row)
+    extra = [k for k in row if k not in header]
+    if extra:
+        raise InputError(f"{path} has no column(s) {', '.join(extra)}; write to a new CSV or choose matching --metrics")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header)
+    if not old:
         writer.writeheader()
-        writer.writerow(row)
+    elif not old.endswith("\n"):
+        buf.write("\n")
+    writer.writerow(row)
+    with atomic_path(path) as tmp:
+        tmp.write_text(old + buf.getvalue(), encoding="utf-8", newline="")
 
 
 def align_for_compare(a: Pairs, b: Pairs, name_a: str, name_b: str, allow_missing: bool) -> tuple[Pairs, Pairs]:
