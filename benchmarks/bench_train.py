@@ -114,7 +114,7 @@ def gpu_7b(steps: int, batch: int, text_tokens: int, shape: str = "7b", dev: str
     from libra_cli.model.encoders import load_vision_tower
     from libra_cli.model.modeling import BACKBONES
     from libra_cli.testing.tiny import libra_config, make_vision_tower
-    from libra_cli.training.trainer import lora_target_regex
+    from libra_cli.training.model import lora_target_regex
 
     llm, (mh, ml, img, patch) = SHAPES[shape]
     vocab = llm["vocab"]

@@ -21,8 +21,8 @@ app = typer.Typer(
     help="Temporal chest X-ray report generation (Libra): infer, batch, eval, data, train, convert, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode="rich",
+    add_completion=True,
+    rich_markup_mode="markdown",  # panels, and "[current, prior]" in help is text, not rich markup
 )
 err_console = Console(stderr=True)
 

@@ -1,7 +1,7 @@
 """The demo that works out of the box: a tiny model and two example X-rays shipped inside the package.
 
 A first user sees the whole path (images -> encoder -> TAC -> LLM -> text) run offline in seconds,
-and downstream CI has something small to call. The model is 1.6 MB and cannot read X-rays: its
+and downstream CI has something small to call. The model is 1.5 MB and cannot read X-rays: its
 text is labelled as such everywhere it is shown.
 """
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
-DEMO_MODEL = RESOURCES / "demo" / "model"
-EXAMPLES = RESOURCES / "examples"
-CURRENT, PRIOR = EXAMPLES / "current.jpg", EXAMPLES / "prior.jpg"
-NOTICE = ("demo model: 1.6 MB, trained for a minute on synthetic sentences; it cannot read X-rays, so this "
+from libra_cli.paths import DEMO_MODEL
+from libra_cli.paths import EXAMPLE_CURRENT as CURRENT
+from libra_cli.paths import EXAMPLE_PRIOR as PRIOR
+
+NOTICE = ("demo model: 1.5 MB, trained briefly on synthetic report sentences; it cannot read X-rays, so this "
           "text does not describe the images")
 REAL_MODELS = ("real models: libra infer --model X-iZhang/libra-v1.0-7b CURRENT PRIOR "
                "(or libra-v1.0-3b; prefetch with: hf download X-iZhang/libra-v1.0-7b)")

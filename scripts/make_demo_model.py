@@ -1,7 +1,7 @@
 """Build the demo model that ships in the package (libra_cli/resources/demo/model), with libra's own tools.
 
-A tiny Libra (Llama 2x64 + TAC + a 12-layer, 32-wide DINOv2 tower at 70 px; about 1.6 MB) is built
-with ``libra_cli.testing.tiny`` and fine-tuned for a minute with ``libra train finetune`` (full
+A tiny Libra (Llama 2x64 + TAC + a 12-layer, 32-wide DINOv2 tower at 70 px; about 1.5 MB) is built
+with ``libra_cli.testing.tiny`` and fine-tuned with ``libra train finetune`` (full
 fine-tune, no LoRA) on synthetic findings made of the sentences in the tokenizer's corpus, so that
 ``libra demo`` prints report-like text. It cannot read X-rays: the text does not describe the images.
 
@@ -78,6 +78,8 @@ def main() -> None:
         cfg["libra_demo"] = True
         (DEMO / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         shutil.copytree(root / "base" / "vision_tower", DEMO / "vision_tower")
+    for f in DEMO.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
     print(f"wrote {DEMO} ({sum(f.stat().st_size for f in DEMO.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 

@@ -27,6 +27,7 @@ OWNER = {  # first matching prefix wins
     "libra_cli.images": "inputs", "libra_cli.prompts": "inputs", "libra_cli.jsonio": "inputs",
     "libra_cli.data": "inputs", "libra_cli.metrics": "inputs",
     "libra_cli.errors": "ground", "libra_cli.atomic": "ground", "libra_cli.console": "ground",
+    "libra_cli.paths": "ground",
     "libra_cli": "ground",  # the package root only re-exports lazily
 }
 

@@ -56,8 +56,8 @@ def _recipe(root: Path, out: Path) -> list[str]:
 
 def test_seed_fixes_lora_init(tiny):
     """LoRA A is drawn from the recipe seed, not whatever RNG state came before (each DDP rank had its own)."""
+    from libra_cli.training.model import build_model
     from libra_cli.training.recipe import load_recipe
-    from libra_cli.training.trainer import build_model
 
     recipe = load_recipe("tiny-cpu", "finetune", {"model_name_or_path": str(tiny / "base"),
                                                   "data_path": str(tiny / "train.json"),

@@ -151,8 +151,8 @@ def test_plain_llm_base_gets_a_fresh_connector(tiny, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from libra_cli.testing.tiny import copy_tokenizer
+    from libra_cli.training.model import build_model
     from libra_cli.training.recipe import load_recipe
-    from libra_cli.training.trainer import build_model
 
     cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -229,7 +229,7 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(ti
     import subprocess
     import sys
 
-    from libra_cli.training import trainer as tr
+    from libra_cli.training import outputs as tr
 
     out = tiny / "killed"
     real = tr.publish_checkpoint

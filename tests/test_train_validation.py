@@ -13,8 +13,8 @@ QUERY = "Provide a detailed description of the findings in the radiology image."
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):  # noqa: ANN201
+    from libra_cli.training.model import build_model
     from libra_cli.training.recipe import load_recipe
-    from libra_cli.training.trainer import build_model
 
     out = tmp_path_factory.mktemp("val")
     recipe = load_recipe("tiny-cpu", "align", {
@@ -24,7 +24,7 @@ def built(tmp_path_factory):  # noqa: ANN201
 
 
 def test_validation_text_equals_infer_text(built) -> None:  # noqa: ANN001
-    from libra_cli.training.trainer import validation_reports
+    from libra_cli.training.validation import validation_reports
 
     b, recipe = built
     expected = json.loads((FIXTURES / "expected" / "tiny-libra-tac.json").read_text())
@@ -37,7 +37,7 @@ def test_validation_text_equals_infer_text(built) -> None:  # noqa: ANN001
 def test_validation_decodes_byte_fallback_like_the_original(built) -> None:  # noqa: ANN001
     """The fixture's beam ids end in byte-fallback tokens: the original decodes them to '>\\ufffd', the fast
     tokenizer to '\\ufffd\\ufffd'; validation must say what the original (and libra infer) says."""
-    from libra_cli.training.trainer import validation_model
+    from libra_cli.training.validation import validation_model
 
     b, recipe = built
     expected = json.loads((FIXTURES / "expected" / "tiny-libra-tac.json").read_text())

@@ -27,7 +27,9 @@ def is_hub_id(name: str) -> bool:
 
 def hub_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None, what: str = "model") -> str:
     """A local folder for ``name_or_path``: the folder itself, or a hub snapshot (cache first)."""
-    p = Path(str(name_or_path)).expanduser()
+    from libra_cli.paths import ALIASES
+
+    p = ALIASES.get(str(name_or_path)) or Path(str(name_or_path)).expanduser()
     if p.is_dir():
         return str(p.resolve())
     name = str(name_or_path)

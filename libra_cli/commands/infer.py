@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from libra_cli.commands.options import GenerationFlags, Group, ModelFlags, OutputFlags, with_flags
+from libra_cli.errors import InputError
 
 
 def register(app: typer.Typer) -> None:
@@ -17,11 +18,12 @@ def register(app: typer.Typer) -> None:
 
 @with_flags(model=ModelFlags, gen=GenerationFlags, out=Group(OutputFlags, exclude=("quiet",)))
 def infer(
-    current: Annotated[str, typer.Argument(help="Current X-ray: JPEG/PNG/DICOM path or URL.")],
+    current: Annotated[str | None, typer.Argument(help="Current X-ray: JPEG/PNG/DICOM path or URL.", show_default=False)] = None,
     prior: Annotated[str | None, typer.Argument(help="Prior X-ray of the same patient (omit: the current image is reused).")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Question (default: the model's findings query).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Clinical context (indication, history, ...) appended to the prompt.")] = None,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Ask follow-up questions about the same images.")] = False,
+    example: Annotated[bool, typer.Option("--example", help="Use the example current/prior X-rays shipped with libra (try: --model demo --example).")] = False,
     *,
     model: ModelFlags,
     gen: GenerationFlags,
@@ -34,6 +36,14 @@ def infer(
     from libra_cli.prompts import get_template
 
     err = Console(stderr=True, soft_wrap=True)
+    if example:
+        if current or prior:
+            raise InputError("--example uses the shipped example pair; drop the image arguments or --example")
+        from libra_cli.paths import EXAMPLE_CURRENT, EXAMPLE_PRIOR
+
+        current, prior = str(EXAMPLE_CURRENT), str(EXAMPLE_PRIOR)
+    if not current:
+        raise InputError("no image: give the current X-ray (and the prior), or --example for the shipped pair")
     # fail fast on user mistakes, before torch is even imported
     cur_img = load_image(current)
     prior_img = load_image(prior) if prior else None
@@ -46,11 +56,24 @@ def infer(
     settings = gen.settings()
     as_json = out.as_json
     loaded = model.load()
+    if getattr(loaded.config, "libra_demo", False):
+        from libra_cli.demo import NOTICE
+
+        err.print(f"[bold yellow]{NOTICE}[/]")
     if prior_img is None and loaded.uses_prior:
         err.print("[yellow]notice:[/] no prior image given: the current image is used as the prior (dummy prior)")
     stream = not as_json and sys.stdout.isatty() and settings.num_beams == 1 and settings.num_return_sequences == 1
     streamer = TerminalStreamer(loaded) if stream else None
     report = generate_report(loaded, cur_img, prior_img, prompt, context, settings, streamer=streamer)
+    _render(report, loaded, as_json, streamer is not None, current, prior, err)
+    if as_json:
+        return
+    if interactive:
+        _chat(loaded, cur_img, prior_img, prompt, context, settings, report.text, err)
+
+
+def _render(report, loaded, as_json, streamed, current, prior, err) -> None:  # noqa: ANN001
+    """The report on stdout (text, candidates with scores, or JSON); timings on stderr."""
     if as_json:
         result = report.to_dict()
         result.update(model=loaded.name, conv_mode=loaded.conv_mode, load_s=loaded.load_seconds,
@@ -58,8 +81,8 @@ def infer(
                       current=current, prior=prior)
         typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
         return
-    if streamer is None:
-        if settings.num_return_sequences > 1:
+    if not streamed:
+        if len(report.candidates) > 1:
             for i, cand in enumerate(report.candidates):
                 score = f" (score {cand.score:.4f})" if cand.score is not None else ""
                 typer.echo(f"[{i + 1}]{score} {cand.text}")
@@ -68,8 +91,6 @@ def infer(
     t = report.timings
     err.print(f"[dim]{int(t['new_tokens'])} tokens in {t['generate_s']:.2f}s ({t['tokens_per_s']:.1f} tok/s); "
               f"model loaded in {loaded.load_seconds:.1f}s[/]")
-    if interactive:
-        _chat(loaded, cur_img, prior_img, prompt, context, settings, report.text, err)
 
 
 def _chat(loaded, cur_img, prior_img, prompt, context, gen, first_answer, err) -> None:  # noqa: ANN001

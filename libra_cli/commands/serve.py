@@ -23,6 +23,7 @@ def serve(
     max_loaded: Annotated[int, typer.Option("--max-loaded", help="Models kept in memory at once (least recently used is unloaded).")] = 2,
     queue_size: Annotated[int, typer.Option("--queue-size", help="Requests that may wait in the queue; more are turned away.")] = 32,
     preload: Annotated[bool, typer.Option("--preload/--no-preload", help="Load the default model before serving.")] = True,
+    demo: Annotated[bool, typer.Option("--demo", help="Serve the tiny demo model shipped with libra (offline, CPU): the page works out of the box.")] = False,
     *,
     load: ModelFlags,
 ) -> None:
@@ -38,7 +39,12 @@ def serve(
     from libra_cli.serve.page import serve as run
     from libra_cli.serve.server import ModelKey, ServeOptions
 
+    models = list(model or [])
+    if demo:
+        models = ["demo", *models]
+        if load.device == "auto":
+            load.device = "cpu"
     key = ModelKey(**(load.kwargs() | {"model": ""}))
-    opts = ServeOptions(models=list(model or []), load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,
+    opts = ServeOptions(models=models, load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,
                         queue_size=queue_size, preload=preload)
     run(opts, host=host, port=port, share=share, log=lambda m: typer.echo(m, err=True))

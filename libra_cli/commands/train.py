@@ -64,7 +64,8 @@ def _run(stage: str, f: TrainFlags) -> None:
     if f.distributed:
         overrides["distributed"] = f.distributed
     recipe = load_recipe(f.recipe, stage, overrides)
-    from libra_cli.training.trainer import check_output_dir, prepare_data, resolve_resume
+    from libra_cli.training.outputs import check_output_dir, resolve_resume
+    from libra_cli.training.trainer import prepare_data
 
     train_records, eval_records = prepare_data(recipe)  # data errors before any model loads
     resume = f.resume_from or f.resume

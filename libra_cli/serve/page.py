@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from libra_cli.errors import LibraError
+from libra_cli.paths import EXAMPLES as EXAMPLES_DIR
 from libra_cli.serve.server import (
     DECODING_MODES,
     DUMMY_PRIOR_NOTICE,
-    EXAMPLES_DIR,
     RESEARCH_NOTICE,
     ServeOptions,
     Server,

@@ -25,7 +25,7 @@ DUMMY_PRIOR_NOTICE = (
     "No prior image: the current image is also used as the prior (dummy prior), as in the original Libra. "
     "The draft cannot describe change over time."
 )
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "resources" / "examples"
+
 DECODING_MODES = ("Greedy", "Sampling", "Beam search")
 PREVIEW_SIDE = 512
 

@@ -11,156 +11,21 @@ checkpoint holds the PEFT adapter, the non-LoRA trainables and ``config.json``: 
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from libra_cli.checkpoint import layout
-from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.training import outputs
+from libra_cli.training.model import Built, build_model, saved_config
+from libra_cli.training.outputs import resolve_resume
 from libra_cli.training.recipe import Recipe, save_recipe
-
-
-# ---------------------------------------------------------------------- model
-@dataclass
-class Built:
-    model: Any  # the Libra LM (LoRA-wrapped in stage 2)
-    base: Any  # the Libra LM itself
-    tokenizer: Any
-    processor: Any
-    config: Any
-    folder: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def _libra_config(folder: str, recipe: Recipe) -> Any:
-    """The Libra config of ``folder``; a plain LLM config gets the multimodal fields of the recipe."""
-    from transformers import AutoConfig
-
-    from libra_cli.checkpoint.load import read_config
-    from libra_cli.model import modeling
-
-    config = read_config(folder)
-    if config.model_type in modeling.BACKBONES:
-        if recipe.vision_tower:
-            config.mm_vision_tower = recipe.vision_tower
-        return config
-    if config.model_type not in modeling.BASE_TO_LIBRA:
-        raise ModelLoadError(f"{folder}: model_type {config.model_type!r} is neither a Libra model nor a supported LLM")
-    if not recipe.vision_tower:
-        raise InputError(f"{folder} is a plain LLM; set vision_tower (e.g. microsoft/rad-dino) in the recipe")
-    libra_type = modeling.BASE_TO_LIBRA[config.model_type]
-    base = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
-    cfg = modeling.BACKBONES[libra_type][0](**base)
-    from libra_cli.checkpoint.hub import hub_folder
-
-    tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"),
-                                           trust_remote_code=False)
-    tower_cfg = getattr(tower_cfg, "vision_config", tower_cfg)
-    cfg.architectures = [modeling.BACKBONES[libra_type][1].__name__]
-    mm = dict(mm_vision_tower=recipe.vision_tower, mm_projector_type=recipe.mm_projector_type,
-              mm_hidden_size=tower_cfg.hidden_size, mm_vision_select_layer=recipe.mm_vision_select_layer,
-              mm_vision_select_feature="patch", mm_use_im_start_end=False, mm_use_im_patch_token=False,
-              image_aspect_ratio="pad", tokenizer_padding_side="right", use_mm_proj=True)
-    for k, v in mm.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def lora_target_regex(model: Any) -> str:
-    """A PEFT target regex naming every ``nn.Linear`` of the text model (not lm_head, connector, encoder)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    keep = [n for n in names if n != "lm_head" and not n.startswith(("model.mm_projector", "model.vision_tower"))]
-    if not keep:
-        raise InputError("no nn.Linear found in the text model for LoRA")
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in keep})
-    pattern = rf"^model\.(?!mm_projector\.|vision_tower\.).*\.({'|'.join(map(re.escape, leaves))})$"
-    chosen = [n for n in names if re.fullmatch(pattern, n)]
-    if sorted(chosen) != sorted(keep):  # pragma: no cover - a leaf name shared with a top-level module
-        pattern = "^(" + "|".join(map(re.escape, keep)) + ")$"
-    return pattern
-
-
-def build_model(recipe: Recipe, stage: str) -> Built:
-    """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
-    from transformers import set_seed
-
-    from libra_cli.checkpoint.hub import hub_folder
-    from libra_cli.checkpoint.load import build_lm, load_projector
-    from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
-    from libra_cli.checkpoint.tokenizer import load_tokenizer
-    from libra_cli.checkpoint.tower import load_vision_tower
-    from libra_cli.console import quiet_transformers
-
-    quiet_transformers()
-    # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
-    # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
-    set_seed(recipe.seed)
-    folder = hub_folder(recipe.model_name_or_path, what="model")
-    config = _libra_config(folder, recipe)
-    config.use_cache = False
-    dtype = DTYPES[recipe.dtype]
-    attn = recipe.attn_implementation
-    if attn == "auto":
-        attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
-    lm = build_lm(folder, config, dtype, attn)
-    if recipe.pretrain_mm_mlp_adapter:
-        load_projector(lm, layout.load_bin(layout.projector_source(recipe.pretrain_mm_mlp_adapter)))
-    tower = load_vision_tower(config, checkpoint_dir=folder, override=recipe.vision_tower, dtype=dtype)
-    lm.set_vision_tower(tower)
-    tokenizer = load_tokenizer(folder, model_max_length=recipe.model_max_length, padding_side=recipe.padding_side)
-
-    lm.requires_grad_(False)
-    model = lm
-    if stage == "align":
-        lm.connector.requires_grad_(True)
-        config.tune_mm_mlp_adapter = True
-    else:
-        if not recipe.lora_enable:  # full fine-tune of the text model
-            lm.requires_grad_(True)
-            lm.model.vision_tower.requires_grad_(False)
-            lm.connector.requires_grad_(False)
-        if not recipe.freeze_mm_mlp_adapter:
-            lm.connector.requires_grad_(True)
-        config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
-        config.mm_projector_lr = recipe.mm_projector_lr
-        if recipe.lora_enable:
-            from peft import LoraConfig, get_peft_model
-
-            lcfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                              bias=recipe.lora_bias, target_modules=lora_target_regex(lm), task_type="CAUSAL_LM")
-            model = get_peft_model(lm, lcfg)
-            model.peft_config["default"].base_model_name_or_path = recipe.model_name_or_path
-            if not recipe.freeze_mm_mlp_adapter:  # PEFT froze everything but the adapters
-                lm.connector.requires_grad_(True)
-    if recipe.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.enable_input_require_grads()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in lm.parameters())
-    return Built(model, lm, tokenizer, tower.processor, config, folder,
-                 {"trainable": trainable, "total": total, "num_image_tokens": int(tower.num_patches)})
-
-
-def _saved_config(config: Any, folder: str) -> dict[str, Any]:
-    """config.json for an output folder: a relative local tower path becomes absolute (outputs move)."""
-    from libra_cli.checkpoint.tower import resolve_vision_tower_path
-
-    d = config.to_dict()
-    tower = d.get("mm_vision_tower")
-    if isinstance(tower, str) and tower.startswith("."):
-        try:
-            d["mm_vision_tower"] = resolve_vision_tower_path(tower, folder)
-        except Exception:  # noqa: BLE001 - leave it as given
-            pass
-    d["use_cache"] = False
-    return d
+from libra_cli.training.validation import callbacks as callbacks_for
+from libra_cli.training.validation import generation_scores
 
 
 # ---------------------------------------------------------------------- trainer
@@ -236,7 +101,7 @@ def _trainer_cls() -> type:
                 return
             out.mkdir(parents=True, exist_ok=True)
             lm = self.built.base
-            cfg = _saved_config(self.built.config, self.built.folder)
+            cfg = saved_config(self.built.config, self.built.folder)
             if self.stage == "align":
                 layout.save_projector(lm.connector, out, state_dict)
             else:
@@ -264,14 +129,14 @@ def _trainer_cls() -> type:
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             run_dir = Path(super()._get_output_dir(trial))
             step = self.state.global_step
-            self._staging = run_dir / f"{STAGING_PREFIX}{step}"
+            self._staging = run_dir / f"{outputs.STAGING_PREFIX}{step}"
             try:
                 super()._save_checkpoint(model, trial)
             finally:
                 staging, self._staging = self._staging, None
             self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
             if self.args.should_save:
-                publish_checkpoint(staging, run_dir, step, self.state)
+                outputs.publish_checkpoint(staging, run_dir, step, self.state)
                 from transformers.trainer_utils import rotate_checkpoints
 
                 rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
@@ -312,121 +177,6 @@ def _trainer_cls() -> type:
     return LibraTrainer
 
 
-def validation_model(built: Built, recipe: Recipe) -> Any:
-    """The model being trained as a :class:`LoadedModel` (with the original-exact codec of its base)."""
-    from libra_cli.checkpoint.load import LoadedModel
-
-    return LoadedModel.from_model(built.base, built.tokenizer, built.folder, recipe.conv_mode,
-                                  image_processor=built.processor, name="training", folder=recipe.output_dir)
-
-
-def validation_reports(built: Built, recipe: Recipe, records: list[dict]) -> tuple[list[str], list[str]]:
-    """(generated texts, reference answers) for validation records, with the model being trained.
-
-    The model is wrapped with :meth:`LoadedModel.from_model`, so it tokenises and decodes with the
-    same original-exact codec as ``libra infer``: the texts are what the checkpoint will print.
-    """
-    from libra_cli.generation import GenerationSettings, Sample, generate
-
-    lm = built.base
-    was_training = lm.training
-    lm.eval()
-    old_cache = lm.generation_config.use_cache
-    lm.generation_config.use_cache = True
-    loaded = validation_model(built, recipe)
-    folder = Path(recipe.image_folder)
-    settings = GenerationSettings(max_new_tokens=recipe.eval_max_new_tokens, num_beams=recipe.eval_num_beams)
-    preds, refs = [], []
-    try:
-        bs = max(recipe.per_device_eval_batch_size, 1)
-        for i in range(0, len(records), bs):
-            samples = []
-            for rec in records[i: i + bs]:
-                imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
-                q = rec["conversations"][0]["value"].replace("<image>", "").strip()
-                prior = str(folder / imgs[1]) if len(imgs) > 1 and imgs[1] else None
-                samples.append(Sample(current=str(folder / imgs[0]), prior=prior, query=q, id=str(rec.get("id"))))
-                refs.append(rec["conversations"][-1]["value"])
-            preds.extend(rep.text for rep in generate(loaded, samples, settings))
-    finally:
-        lm.generation_config.use_cache = old_cache
-        lm.train(was_training)
-    return preds, refs
-
-
-def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
-    """Generate for ``records`` with the model being trained and score against the last answers."""
-    from libra_cli.metrics import evaluate_reports
-
-    preds, refs = validation_reports(trainer.built, trainer.recipe, records)
-    res = evaluate_reports(refs, preds, metrics=trainer.recipe.eval_metrics, meteor=trainer._meteor)
-    return {k: float(v) for k, v in res["scores"].items()}
-
-
-# ---------------------------------------------------------------------- callbacks
-def _callbacks(recipe: Recipe) -> list[Any]:
-    from transformers import TrainerCallback
-
-    class KeepBest(TrainerCallback):
-        """Copy the best checkpoint (by ``metric_for_best_model``) to ``output_dir/best``."""
-
-        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if not args.should_save or not state.best_global_step or state.best_global_step != state.global_step:
-                return
-            src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if src.is_dir():
-                from libra_cli.atomic import atomic_output
-
-                with atomic_output(Path(args.output_dir) / "best", is_dir=False) as tmp:
-                    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*"))
-
-    return [KeepBest(), _progress_callback(recipe)]
-
-
-def _progress_callback(recipe: Recipe) -> Any:
-    """Progress on stderr (stdout is for the output path): a rich bar on a terminal, else one line per log."""
-    import sys
-
-    from transformers import TrainerCallback
-
-    from libra_cli.console import err_console, progress_bar
-
-    class Progress(TrainerCallback):
-        def __init__(self) -> None:
-            self.console = err_console()
-            self.bar: Any = None
-            self.task: Any = None
-            self.last = ""
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.is_world_process_zero and sys.stderr.isatty() and not recipe.disable_tqdm:
-                self.bar = progress_bar(self.console, "training", unit="steps")
-                self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, rate="")
-                self.bar.start()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step, rate=self.last)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            if not state.is_world_process_zero or not logs:
-                return
-            shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "tokens_per_s")
-                     or k.startswith("eval_")}
-            line = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-            if "loss" in logs:
-                self.last = f"loss {logs['loss']:.4f}" + (f", {logs['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in logs else "")
-            if self.bar is None or any(k.startswith("eval_") for k in logs):
-                self.console.print(f"[dim]step {state.global_step}/{state.max_steps}:[/] {line}", highlight=False)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.bar is not None:
-                self.bar.stop()
-                self.bar = None
-
-    return Progress()
-
-
 # ---------------------------------------------------------------------- entry point
 @dataclass
 class TrainResult:
@@ -462,76 +212,6 @@ def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
     if recipe.pretrain_mm_mlp_adapter:
         layout.projector_source(recipe.pretrain_mm_mlp_adapter)
     return train, ev
-
-
-def check_output_dir(output_dir: str | Path, resume: bool, force: bool) -> None:
-    """Refuse to train over an earlier run unless resuming it or asked to replace it (``--force``)."""
-    out = Path(output_dir)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise InputError(f"output folder {out} is a file; give a folder path with --out")
-    contents = [p for p in out.iterdir() if p.name not in (".DS_Store",)]
-    if not contents or resume:
-        return
-    if not force:
-        raise InputError(f"output folder {out} holds an earlier run ({len(contents)} entries); pass --resume to "
-                         "continue it, --force to start again there, or choose another --out")
-    for p in contents:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-
-
-STAGING_PREFIX = ".staging-checkpoint-"
-COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last
-
-
-def publish_checkpoint(staging: Path, run_dir: Path, step: int, state: Any) -> Path:
-    """Rename a fully written ``.staging-checkpoint-N/checkpoint-N`` to ``checkpoint-N`` (replacing a re-save)."""
-    written = staging / f"checkpoint-{step}"
-    final = run_dir / f"checkpoint-{step}"
-    # the Trainer looked for the best checkpoint under the staging name: point it at the published one
-    best = run_dir / f"checkpoint-{state.best_global_step}" if getattr(state, "best_global_step", None) else None
-    state.best_model_checkpoint = str(best) if best is not None and (best.is_dir() or best == final) else None
-    state_file = written / COMPLETE_MARK
-    if state_file.is_file():
-        saved = json.loads(state_file.read_text())
-        saved["best_model_checkpoint"] = state.best_model_checkpoint
-        state_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(written, final)
-    shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders that were written completely, oldest first (staging folders never count)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
-             and (p / COMPLETE_MARK).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
-    """``--resume``: ``True``/``"latest"`` -> the newest complete checkpoint in ``output_dir``; a path -> that path.
-
-    A run killed while writing a checkpoint leaves a hidden staging folder (removed here) and never a
-    half-written ``checkpoint-N``; older layouts' incomplete folders (no trainer state) are skipped.
-    """
-    if not resume:
-        return None
-    for stale in Path(output_dir).glob(f"{STAGING_PREFIX}*") if Path(output_dir).is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
-    if resume is True or resume == "latest":
-        done = complete_checkpoints(output_dir)
-        if not done:
-            raise InputError(f"--resume: no complete checkpoint-N folder in {output_dir}; drop --resume to start fresh")
-        return str(done[-1])
-    if not Path(str(resume)).is_dir():
-        raise InputError(f"--resume {resume}: not a checkpoint folder")
-    return str(resume)
 
 
 def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: bool, report_to: list[str]) -> Any:
@@ -599,7 +279,7 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     collator = LibraCollator(built.tokenizer.pad_token_id, built.info["num_image_tokens"], recipe.padding_side)
     trainer = _trainer_cls()(
         model=built.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-        processing_class=built.tokenizer, callbacks=[*_callbacks(recipe), *(callbacks or [])],
+        processing_class=built.tokenizer, callbacks=[*callbacks_for(recipe), *(callbacks or [])],
         recipe=recipe, stage=stage, built=built, eval_records=eval_records,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

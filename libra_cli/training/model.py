@@ -1,0 +1,149 @@
+"""The model being trained: a Libra LM (from a Libra checkpoint or a plain LLM + encoder) with only the
+stage's parameters trainable, built with the same ``checkpoint.build_lm`` as inference."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from libra_cli.checkpoint import layout
+from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.training.recipe import Recipe
+
+
+@dataclass
+class Built:
+    model: Any  # the Libra LM (LoRA-wrapped in stage 2)
+    base: Any  # the Libra LM itself
+    tokenizer: Any
+    processor: Any
+    config: Any
+    folder: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _libra_config(folder: str, recipe: Recipe) -> Any:
+    """The Libra config of ``folder``; a plain LLM config gets the multimodal fields of the recipe."""
+    from transformers import AutoConfig
+
+    from libra_cli.checkpoint.load import read_config
+    from libra_cli.model import modeling
+
+    config = read_config(folder)
+    if config.model_type in modeling.BACKBONES:
+        if recipe.vision_tower:
+            config.mm_vision_tower = recipe.vision_tower
+        return config
+    if config.model_type not in modeling.BASE_TO_LIBRA:
+        raise ModelLoadError(f"{folder}: model_type {config.model_type!r} is neither a Libra model nor a supported LLM")
+    if not recipe.vision_tower:
+        raise InputError(f"{folder} is a plain LLM; set vision_tower (e.g. microsoft/rad-dino) in the recipe")
+    libra_type = modeling.BASE_TO_LIBRA[config.model_type]
+    base = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+    cfg = modeling.BACKBONES[libra_type][0](**base)
+    from libra_cli.checkpoint.hub import hub_folder
+
+    tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"),
+                                           trust_remote_code=False)
+    tower_cfg = getattr(tower_cfg, "vision_config", tower_cfg)
+    cfg.architectures = [modeling.BACKBONES[libra_type][1].__name__]
+    mm = dict(mm_vision_tower=recipe.vision_tower, mm_projector_type=recipe.mm_projector_type,
+              mm_hidden_size=tower_cfg.hidden_size, mm_vision_select_layer=recipe.mm_vision_select_layer,
+              mm_vision_select_feature="patch", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+              image_aspect_ratio="pad", tokenizer_padding_side="right", use_mm_proj=True)
+    for k, v in mm.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def lora_target_regex(model: Any) -> str:
+    """A PEFT target regex naming every ``nn.Linear`` of the text model (not lm_head, connector, encoder)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    keep = [n for n in names if n != "lm_head" and not n.startswith(("model.mm_projector", "model.vision_tower"))]
+    if not keep:
+        raise InputError("no nn.Linear found in the text model for LoRA")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in keep})
+    pattern = rf"^model\.(?!mm_projector\.|vision_tower\.).*\.({'|'.join(map(re.escape, leaves))})$"
+    chosen = [n for n in names if re.fullmatch(pattern, n)]
+    if sorted(chosen) != sorted(keep):  # pragma: no cover - a leaf name shared with a top-level module
+        pattern = "^(" + "|".join(map(re.escape, keep)) + ")$"
+    return pattern
+
+
+def build_model(recipe: Recipe, stage: str) -> Built:
+    """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
+    from transformers import set_seed
+
+    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.load import build_lm, load_projector
+    from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
+    from libra_cli.checkpoint.tokenizer import load_tokenizer
+    from libra_cli.checkpoint.tower import load_vision_tower
+    from libra_cli.console import quiet_transformers
+
+    quiet_transformers()
+    # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
+    # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
+    set_seed(recipe.seed)
+    folder = hub_folder(recipe.model_name_or_path, what="model")
+    config = _libra_config(folder, recipe)
+    config.use_cache = False
+    dtype = DTYPES[recipe.dtype]
+    attn = recipe.attn_implementation
+    if attn == "auto":
+        attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
+    lm = build_lm(folder, config, dtype, attn)
+    if recipe.pretrain_mm_mlp_adapter:
+        load_projector(lm, layout.load_bin(layout.projector_source(recipe.pretrain_mm_mlp_adapter)))
+    tower = load_vision_tower(config, checkpoint_dir=folder, override=recipe.vision_tower, dtype=dtype)
+    lm.set_vision_tower(tower)
+    tokenizer = load_tokenizer(folder, model_max_length=recipe.model_max_length, padding_side=recipe.padding_side)
+
+    lm.requires_grad_(False)
+    model = lm
+    if stage == "align":
+        lm.connector.requires_grad_(True)
+        config.tune_mm_mlp_adapter = True
+    else:
+        if not recipe.lora_enable:  # full fine-tune of the text model
+            lm.requires_grad_(True)
+            lm.model.vision_tower.requires_grad_(False)
+            lm.connector.requires_grad_(False)
+        if not recipe.freeze_mm_mlp_adapter:
+            lm.connector.requires_grad_(True)
+        config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
+        config.mm_projector_lr = recipe.mm_projector_lr
+        if recipe.lora_enable:
+            from peft import LoraConfig, get_peft_model
+
+            lcfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                              bias=recipe.lora_bias, target_modules=lora_target_regex(lm), task_type="CAUSAL_LM")
+            model = get_peft_model(lm, lcfg)
+            model.peft_config["default"].base_model_name_or_path = recipe.model_name_or_path
+            if not recipe.freeze_mm_mlp_adapter:  # PEFT froze everything but the adapters
+                lm.connector.requires_grad_(True)
+    if recipe.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.enable_input_require_grads()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in lm.parameters())
+    return Built(model, lm, tokenizer, tower.processor, config, folder,
+                 {"trainable": trainable, "total": total, "num_image_tokens": int(tower.num_patches)})
+
+
+def saved_config(config: Any, folder: str) -> dict[str, Any]:
+    """config.json for an output folder: a relative local tower path becomes absolute (outputs move)."""
+    from libra_cli.checkpoint.tower import resolve_vision_tower_path
+
+    d = config.to_dict()
+    tower = d.get("mm_vision_tower")
+    if isinstance(tower, str) and tower.startswith("."):
+        try:
+            d["mm_vision_tower"] = resolve_vision_tower_path(tower, folder)
+        except Exception:  # noqa: BLE001 - leave it as given
+            pass
+    d["use_cache"] = False
+    return d
