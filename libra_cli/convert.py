@@ -80,7 +80,7 @@ def read_projector(src: str | Path) -> tuple[dict[str, torch.Tensor], str, str, 
     Accepts a full checkpoint (folder or hub id), a stage-1 folder, a LoRA folder, or one of their
     connector files directly.
     """
-    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.hub import checkpoint_folder
 
     p = Path(str(src)).expanduser()
     if p.is_file():
@@ -88,7 +88,7 @@ def read_projector(src: str | Path) -> tuple[dict[str, torch.Tensor], str, str, 
         kind = "lora" if p.name == layout.NON_LORA_FILE else "projector-file"
         cfg_dir = p.parent if (p.parent / "config.json").is_file() else None
         return layout.only_connector(state, p), kind, str(p), cfg_dir
-    folder = Path(hub_folder(str(src), what="source"))
+    folder = Path(checkpoint_folder(str(src), what="source"))
     kind = layout.folder_kind(folder)
     if kind == "full":
         state = layout.read_tensors(folder, layout.CONNECTOR_PREFIX)
@@ -277,6 +277,15 @@ def _write_config(tmp: Path, src_config: Path, target: str, tower_ref: str) -> N
     layout.write_config(tmp, d, dtype=target)
 
 
+def _card(folder: Path, name: str, src: str, kind: str, model_base: str | None, dtype: str, verify: bool) -> None:
+    """The converted folder's model card (what it came from; the reload check runs after this)."""
+    from libra_cli.checkpoint.card import CardFacts, write_model_card
+
+    made = f"`libra convert` of `{src}` ({kind}{' on ' + model_base if model_base else ''}) to a standalone {dtype} checkpoint"
+    made += "; the written folder was reloaded and its logits checked against the source's." if verify else "."
+    write_model_card(folder, CardFacts(title=name, kind="full", base_model=model_base or src, how_made=made))
+
+
 def _say(log: Log | None, msg: str) -> None:
     if log is not None:
         log(msg)
@@ -311,15 +320,15 @@ def _verify(tmp: Path, out_path: Path, ref: torch.Tensor, target: str, dev: str,
 
 def _source(src: str, model_base: str | None) -> tuple[str, str, str | None]:
     """(source folder, its kind, the base folder a LoRA / projector folder needs)."""
-    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.hub import checkpoint_folder
 
-    src_folder = hub_folder(src, what="model")
+    src_folder = checkpoint_folder(src, what="model")
     kind = layout.folder_kind(src_folder)
     if kind != "full" and not model_base:
         raise InputError(f"{src} is a {kind} folder; pass --model-base with the base model it was trained on")
     if not (Path(src_folder) / "config.json").is_file():
         raise ModelLoadError(f"{src_folder} has no config.json; is this a Libra checkpoint folder?")
-    base_folder = hub_folder(model_base, what="base model") if (kind != "full" and model_base) else None
+    base_folder = checkpoint_folder(model_base, what="base model") if (kind != "full" and model_base) else None
     return src_folder, kind, base_folder
 
 
@@ -400,6 +409,7 @@ def convert(
         copied = layout.copy_tokenizer_files(tok_src, tmp)
         if not copied:
             notes.append("no tokenizer files found in the source or base folder; the output has none")
+        _card(tmp, out_path.name, src, kind, model_base, target, verify)
         if bundle_vision_tower and tower_folder is not None:
             _say(log, f"bundling the vision tower from {tower_folder}")
             layout.bundle_tower(tower_folder, tmp / layout.BUNDLED_TOWER_DIR)

@@ -19,7 +19,7 @@ LAYERS = ["ground", "inputs", "model", "engine", "testing", "applications", "com
 OWNER = {  # first matching prefix wins
     "libra_cli.commands": "commands", "libra_cli.cli": "commands", "libra_cli.__main__": "commands",
     "libra_cli.batch": "applications", "libra_cli.serve": "applications", "libra_cli.convert": "applications",
-    "libra_cli.training": "applications", "libra_cli.demo": "applications", "libra_cli.doctor": "applications",
+    "libra_cli.training": "applications", "libra_cli.demo": "applications", "libra_cli.doctor": "applications", "libra_cli.publish": "applications",
     "libra_cli.testing": "testing",
     "libra_cli.checkpoint": "engine", "libra_cli.generation": "engine", "libra_cli.streaming": "engine",
     "libra_cli.ccd": "engine", "libra_cli.vllm_engine": "engine",

@@ -325,6 +325,9 @@ class BatchRunner:
 
         meta: dict[str, Any] = {"settings": self.settings_dict, "conv_mode": self.loaded.conv_mode,
                                 "prior_is_dummy": it.prior is None}
+        for key in ("revision", "commit"):  # which weights wrote it (hub models)
+            if self.loaded.info.get(key):
+                meta[f"model_{key}"] = self.loaded.info[key]
         if self.settings.num_return_sequences > 1:
             meta["candidates"] = [{"text": c.text, "score": c.score} for c in rep.candidates]
         if it.reference is not None:

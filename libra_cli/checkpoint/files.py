@@ -18,3 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "chat_template.json", "tokenizer.tiktoken", "qwen.tiktoken")
 TOWER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOWER_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+# what a Libra checkpoint needs from a hub repo (not optimizer states, not both weight formats)
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "*.jinja",
+                       *PROJECTOR_FILES, NON_LORA_FILE, "adapter_model.bin", "vision_tower/*"]
+BIN_WEIGHT_PATTERNS = ["pytorch_model*.bin"]  # only when the repo has no safetensors weights

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from libra_cli.checkpoint import layout, runtime
-from libra_cli.checkpoint.hub import hub_folder
+from libra_cli.checkpoint.hub import checkpoint_folder, commit_of
 from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
 from libra_cli.checkpoint.tower import load_vision_tower
 from libra_cli.console import quiet_transformers, warn_once
@@ -137,8 +137,9 @@ def load_model(
     conv_mode: str | None = None,
     load_4bit: bool = False,
     load_8bit: bool = False,
+    revision: str | None = None,
 ) -> LoadedModel:
-    """Load a Libra checkpoint (hub id or folder) ready for generation.
+    """Load a Libra checkpoint (hub id or folder; ``revision``: branch, tag or commit) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
     """
@@ -148,7 +149,7 @@ def load_model(
     quiet_transformers()
     t0 = time.perf_counter()
     dev = runtime.resolve_device(device)
-    folder = hub_folder(model, what="model")
+    folder = checkpoint_folder(model, revision=revision, what="model")
     kind = layout.folder_kind(folder)
     config = read_config(folder)
     from libra_cli.model import modeling
@@ -160,7 +161,7 @@ def load_model(
         )
     if kind != "full" and not model_base:
         raise InputError(f"{model} is a {kind} folder; pass --model-base with the base model it was trained on")
-    base_folder = hub_folder(model_base, what="base model") if (kind != "full" and model_base) else None
+    base_folder = checkpoint_folder(model_base, what="base model") if (kind != "full" and model_base) else None
     torch_dtype = runtime.resolve_dtype(dtype, dev, config)
     attn_impl = runtime.resolve_attention(attn, dev, torch_dtype)
     weights_folder = base_folder or folder
@@ -202,7 +203,8 @@ def load_model(
     return LoadedModel.from_model(
         lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
         dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
-        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name},
+        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name,
+              "revision": revision, "commit": commit_of(folder)},
     )
 
 

@@ -78,7 +78,8 @@ def _render(report, loaded, as_json, streamed, current, prior, err) -> None:  # 
         result = report.to_dict()
         result.update(model=loaded.name, conv_mode=loaded.conv_mode, load_s=loaded.load_seconds,
                       dtype=str(loaded.dtype).replace("torch.", ""), device=loaded.device,
-                      current=current, prior=prior)
+                      current=current, prior=prior, revision=loaded.info.get("revision"),
+                      commit=loaded.info.get("commit"))
         typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
         return
     if not streamed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class ModelFlags:
     """Which checkpoint to load and how (``libra_cli.checkpoint.load_model``'s arguments)."""
 
     model: Annotated[str, typer.Option("--model", "-m", envvar="LIBRA_MODEL", help=MODEL_HELP, rich_help_panel=M)] = DEFAULT_MODEL
+    revision: Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of --model (recorded in outputs).", rich_help_panel=M)] = None
     model_base: Annotated[str | None, typer.Option("--model-base", help="Base model for LoRA / projector-only folders.", rich_help_panel=M)] = None
     vision_tower: Annotated[str | None, typer.Option("--vision-tower", help="Override the encoder path or hub id from config.json.", rich_help_panel=M)] = None
     conv_mode: Annotated[str | None, typer.Option("--conv-mode", help="Prompt template (default: the one the model was trained with).", rich_help_panel=M)] = None
@@ -47,6 +49,7 @@ class ModelFlags:
         from libra_cli.console import err_console
 
         if quiet:
+            os.environ["LIBRA_QUIET"] = "1"  # no download progress either
             return load_model(**self.kwargs())
         with err_console().status(f"loading {self.model} ..."):
             return load_model(**self.kwargs())

@@ -77,7 +77,7 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
     from transformers import set_seed
 
-    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.hub import checkpoint_folder
     from libra_cli.checkpoint.load import build_lm, load_projector
     from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
     from libra_cli.checkpoint.tokenizer import load_tokenizer
@@ -88,7 +88,7 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
     # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
     set_seed(recipe.seed)
-    folder = hub_folder(recipe.model_name_or_path, what="model")
+    folder = checkpoint_folder(recipe.model_name_or_path, what="model")
     config = _libra_config(folder, recipe)
     config.use_cache = False
     dtype = DTYPES[recipe.dtype]

@@ -252,6 +252,23 @@ def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: b
     )
 
 
+def _write_card(recipe: Recipe, stage: str, built: Built, steps: int, seconds: float, n_train: int,
+                evals: list[dict[str, Any]]) -> None:
+    """The output folder's model card: base, recipe, data and the last validation metrics."""
+    from libra_cli.checkpoint.card import CardFacts, write_model_card
+
+    kind = "projector" if stage == "align" else ("lora" if recipe.lora_enable else "full")
+    last = evals[-1] if evals else {}
+    metrics = {k[len("eval_"):]: float(v) for k, v in last.items()
+               if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(("_runtime", "per_second"))}
+    write_model_card(recipe.output_dir, CardFacts(
+        title=Path(recipe.output_dir).name, kind=kind, base_model=recipe.model_name_or_path,
+        how_made=f"`libra train {stage}` ({steps} steps, {seconds / 60:.1f} min).", recipe=recipe.to_dict(),
+        data={"training data": f"{recipe.data_path} ({n_train} records)", "images": recipe.image_folder,
+              "validation data": recipe.eval_data_path or "none"},
+        metrics=metrics))
+
+
 def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None) -> TrainResult:
     """Run one stage: data checked first, then the model, then transformers' Trainer."""
     from libra_cli.training.data import LibraCollator, LibraTrainDataset
@@ -295,6 +312,8 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     losses = [h["loss"] for h in hist if "loss" in h]
     tps = [h["tokens_per_s"] for h in hist if "tokens_per_s" in h]
     evals = [h for h in hist if any(k.startswith("eval_") for k in h)]
+    if trainer.args.should_save:
+        _write_card(recipe, stage, built, trainer.state.global_step, seconds, len(train_records), evals)
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
