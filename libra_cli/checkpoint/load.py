@@ -40,6 +40,8 @@ class LoadedModel:
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     codec: Any = None
+    # greedy/sampling decode with a static KV cache and a torch.compile'd step (``--compile``); speed only
+    compile: bool = False
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, tokenizer_folder: str | Path, conv_mode: str, *,
@@ -137,10 +139,12 @@ def load_model(
     conv_mode: str | None = None,
     load_4bit: bool = False,
     load_8bit: bool = False,
+    compile: bool = False,  # noqa: A002 - the flag's name
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
+    ``compile``: decode with a static KV cache and a compiled step (first call compiles: slow once).
     """
     from libra_cli import prompts
     from libra_cli.checkpoint import registry
@@ -199,11 +203,13 @@ def load_model(
                   f"--conv-mode {conv_mode} differs from {chosen!r}, the template {model} was trained with")
     conv = conv_mode or chosen
     prompts.get_template(conv)
-    return LoadedModel.from_model(
+    loaded = LoadedModel.from_model(
         lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
         dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
         info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name},
     )
+    loaded.compile = compile
+    return loaded
 
 
 def load_projector(lm: Any, state: dict[str, torch.Tensor]) -> None:
