@@ -140,11 +140,13 @@ def load_model(
     load_4bit: bool = False,
     load_8bit: bool = False,
     compile: bool = False,  # noqa: A002 - the flag's name
+    jpeg_draft: bool = False,
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
     ``compile``: decode with a static KV cache and a compiled step (first call compiles: slow once).
+    ``jpeg_draft``: JPEGs decoded at reduced size (inexact; ``libra_cli.images``).
     """
     from libra_cli import prompts
     from libra_cli.checkpoint import registry
@@ -209,6 +211,7 @@ def load_model(
         info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name},
     )
     loaded.compile = compile
+    loaded.image_processor.jpeg_draft = jpeg_draft
     return loaded
 
 
