@@ -19,8 +19,9 @@ rest still runs; a stage that would start past ``--budget-s`` is recorded as ski
 5. ``decode``: greedy tokens/s at batch 1 / 8 / 32 through ``libra_cli.generation.generate``,
    eager and compiled (static KV cache + torch.compile), peak memory, the fraction of the
    memory-bandwidth bound (weight + KV bytes read per step / step time vs the card's bandwidth).
-6. ``beam``: 10 beams (length penalty 2, no-repeat 3-grams) at batch 1 and 4: throughput and peak
-   memory against greedy at the same batch.
+6. ``beam``: 10 beams (length penalty 2, no-repeat 3-grams) at batch 1 and 8: throughput and peak
+   memory against greedy at the same batch; once more at batch 1 with transformers' own KV
+   handling (prompt copied per beam, ``LIBRA_SHARED_PREFIX=0``) for comparison.
 
 Writes ``$OUT/gpu_suite.json`` when ``$OUT`` is set, else ``benchmarks/results/gpu_suite-<device>.json``,
 and prints a table. Must hold (issue 15): batch-1 compiled decode >= 60% of the bandwidth bound;
@@ -314,9 +315,15 @@ def measure_decode(lm: Any, feats: Any, bs: int, settings: Any, bw: dict[str, fl
                            "step_ms": round(step_s * 1e3, 3), "tokens_per_s": round(bs * settings.num_return_sequences * steps
                                                                                      / max(t_n - t_1, 1e-9), 1),
                            "peak_gb": peak}
+    kvpt = kv_bytes_per_token(lm)
+    if settings.num_beams > 1:  # KV cache held: prompt once per sample (shared) vs once per beam (transformers)
+        k = settings.num_beams
+        out["kv_GB_shared_prefix"] = round(bs * (prompt_len + k * n) * kvpt / 1e9, 3)
+        out["kv_GB_per_beam_copies"] = round(bs * k * (prompt_len + n) * kvpt / 1e9, 3)
     if settings.num_beams == 1:
+        out["kv_GB"] = round(bs * (prompt_len + n) * kvpt / 1e9, 3)
         w, row = llm_weight_bytes(lm)
-        kv = kv_bytes_per_token(lm) * bs * (prompt_len + n / 2)
+        kv = kvpt * bs * (prompt_len + n / 2)
         step_bytes = w + bs * row + kv
         out["bytes_per_step_GB"] = round(step_bytes / 1e9, 3)
         for k, v in bw.items():
@@ -331,8 +338,9 @@ def main() -> int:
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per decode measurement")
     ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--beam-batches", default="1,4")
+    ap.add_argument("--beam-batches", default="1,8", help="10-beam batches (compared with greedy at the same batch)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: trace only, for CPU tests)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="start no stage after this many seconds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -341,6 +349,7 @@ def main() -> int:
 
     from libra_cli.generation import GenerationSettings
 
+    os.environ["LIBRA_COMPILE_BACKEND"] = args.compile_backend
     suite = Suite(args.budget_s)
     res = suite.results
     res.update(shape=args.shape, args={k: str(v) for k, v in vars(args).items()},
@@ -383,11 +392,19 @@ def main() -> int:
                     if rec is not None:
                         _use_mode(lm, mode)
                         rec.update(measure_decode(lm, feats, bs, greedy, bw, prompt_len))
-            for bs in beam_batches:
-                with suite.stage(f"beam10_{mode}_b{bs}", 30) as rec:
+            for bs in beam_batches if mode == "eager" else []:  # beam search never runs compiled
+                with suite.stage(f"beam10_b{bs}", 30) as rec:
                     if rec is not None:
-                        _use_mode(lm, mode)
+                        _use_mode(lm, "eager")
                         rec.update(measure_decode(lm, feats, bs, beam, bw, prompt_len))
+            if mode == "eager" and beam_batches:
+                with suite.stage(f"beam10_transformers_b{beam_batches[0]}", 30) as rec:  # KV copied per beam
+                    if rec is not None:
+                        os.environ["LIBRA_SHARED_PREFIX"] = "0"
+                        try:
+                            rec.update(measure_decode(lm, feats, beam_batches[0], beam, bw, prompt_len))
+                        finally:
+                            os.environ.pop("LIBRA_SHARED_PREFIX", None)
         if hasattr(lm, "compile"):
             lm.compile = False
     res["summary"] = summarise(res, modes, batches, beam_batches)
@@ -413,8 +430,8 @@ def summarise(res: dict[str, Any], modes: list[str], batches: list[int], beam_ba
             r = bmax["tokens_per_s"] / b1["tokens_per_s"]
             s[f"{mode}_b{max(batches)}_over_b1"] = round(r, 2)
             s[f"{mode}_b{max(batches)}_over_b1_ok(>=10)"] = r >= 10
-        for bs in beam_batches:
-            g, bm = st.get(f"decode_{mode}_b{bs}", {}), st.get(f"beam10_{mode}_b{bs}", {})
+        for bs in beam_batches if mode == "eager" else []:
+            g, bm = st.get(f"decode_{mode}_b{bs}", {}), st.get(f"beam10_b{bs}", {})
             if g.get("peak_gb") and bm.get("peak_gb"):
                 w = st.get("build", {}).get("memory_gb") or 0.0
                 s[f"{mode}_b{bs}_beam10_over_greedy_peak"] = round(bm["peak_gb"] / g["peak_gb"], 2)
