@@ -52,6 +52,10 @@ SHAPES: dict[str, dict[str, Any]] = {
     "7b": {"llm": dict(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008, vocab=32000),
            "tower": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, image_size=518,
                          patch_size=14)},
+    # CPU-sized LLM with the real image-token count (518 px / patch 14 = 1,369), for bench_beam.py
+    "small": {"llm": dict(hidden=256, layers=4, heads=4, kv_heads=4, intermediate=512, vocab=32000),
+              "tower": dict(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, mlp_ratio=2, image_size=518,
+                            patch_size=14)},
     "tiny": {"llm": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1000),
              "tower": dict(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, mlp_ratio=2, image_size=70,
                            patch_size=14)},

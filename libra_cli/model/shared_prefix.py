@@ -76,7 +76,7 @@ def shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
     # prefix: every beam (and every query head of a kv head) of a sample in one matmul -> read once
     qp = query.view(b, beams, hkv, g, q, d).permute(0, 2, 1, 3, 4, 5).reshape(b, hkv, beams * g * q, d)
     sp = torch.matmul(qp, pk.transpose(-1, -2)) * scaling
-    sp = sp.masked_fill(~cache.prefix_mask[:, None, None, :], float("-inf"))
+    sp = sp.masked_fill(~cache.prefix_mask.to(sp.device)[:, None, None, :], float("-inf"))  # device_map: per layer
     sp = sp.view(b, hkv, beams, g, q, p).permute(0, 2, 1, 3, 4, 5).reshape(n, h, q, p)
     # generated part: per beam (keys repeated over the query heads of their kv head)
     ks = key[:, :, None].expand(n, hkv, g, t, d).reshape(n, h, t, d)
@@ -103,10 +103,14 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, _no_mask)
 
 
 def supported(model: Any) -> bool:
-    """Plain decoder stacks whose attention goes through the attention interface (sdpa/eager)."""
+    """Full-attention decoder stacks (no sliding window, no soft-capping: Gemma is left out).
+
+    The prefill runs with the model's own attention (sdpa, eager or flash-attention 2); only the
+    decode steps go through :func:`shared_prefix_attention`.
+    """
     impl = getattr(model.config, "_attn_implementation", None)
-    return impl in ("sdpa", "eager") and getattr(model.config, "sliding_window", None) in (None, 0) and \
-        model.config.model_type in ("libra", "libra_mistral", "libra_qwen2", "libra_qwen3", "libra_phi3")
+    return impl in ("sdpa", "eager", "flash_attention_2") and getattr(model.config, "sliding_window", None) in (None, 0) \
+        and model.config.model_type in ("libra", "libra_mistral", "libra_qwen2", "libra_qwen3", "libra_phi3")
 
 
 @contextmanager
