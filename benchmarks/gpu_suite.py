@@ -164,14 +164,26 @@ def stage_env(rec: dict[str, Any], device: str) -> None:
 
 
 def stage_fixture(rec: dict[str, Any], device: str, compile_too: bool) -> None:
+    import torch
+
+    exp = json.loads((SHARED / "fixtures/expected/tiny-libra-tac.json").read_text())
+    cxr = SHARED / "data/cxr"
+    # float32 parity: no TF32 in matmuls or the tower's patch convolution (restored for the 7B stages)
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        _fixture_checks(rec, device, compile_too, exp, cxr)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
+
+
+def _fixture_checks(rec: dict[str, Any], device: str, compile_too: bool, exp: dict[str, Any], cxr: Path) -> None:
     import numpy as np
     import torch
 
     from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings, generate_report
 
-    exp = json.loads((SHARED / "fixtures/expected/tiny-libra-tac.json").read_text())
-    cxr = SHARED / "data/cxr"
     lm = load_model(str(SHARED / "fixtures/tiny-libra-tac"), dtype="float32", device=device)
     cases = {"greedy": (True, GenerationSettings(max_new_tokens=24)),
              "beam": (True, GenerationSettings(max_new_tokens=24, num_beams=3, length_penalty=2.0, no_repeat_ngram_size=3)),
