@@ -40,6 +40,7 @@ class SharedPrefixCache(DynamicCache):
         self.prefix_keys = [layer.keys for layer in prefix.layers]
         self.prefix_values = [layer.values for layer in prefix.layers]
         self.prefix_mask = prefix_mask.bool()  # [B, P]: False where left padding is
+        self.prefix_pad = ~self.prefix_mask[:, None, None, :]  # built once, not per layer and step
         self.prefix_len = int(prefix_mask.shape[1])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -76,7 +77,7 @@ def shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
     # prefix: every beam (and every query head of a kv head) of a sample in one matmul -> read once
     qp = query.view(b, beams, hkv, g, q, d).permute(0, 2, 1, 3, 4, 5).reshape(b, hkv, beams * g * q, d)
     sp = torch.matmul(qp, pk.transpose(-1, -2)) * scaling
-    sp = sp.masked_fill(~cache.prefix_mask.to(sp.device)[:, None, None, :], float("-inf"))  # device_map: per layer
+    sp = sp.masked_fill(cache.prefix_pad.to(sp.device), float("-inf"))  # .to: layers on other GPUs (device_map)
     sp = sp.view(b, hkv, beams, g, q, p).permute(0, 2, 1, 3, 4, 5).reshape(n, h, q, p)
     # generated part: per beam (keys repeated over the query heads of their kv head)
     ks = key[:, :, None].expand(n, hkv, g, t, d).reshape(n, h, t, d)
