@@ -42,6 +42,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIBRA_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO))
@@ -96,16 +98,12 @@ class Suite:
 
 
 def _sync() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def _free() -> None:
     import gc
-
-    import torch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -121,15 +119,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _peak_reset(device: str) -> None:
-    import torch
-
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
 
 def _peak_gb(device: str) -> float | None:
-    import torch
-
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if device.startswith("cuda") else None
 
 
@@ -137,7 +131,6 @@ def _peak_gb(device: str) -> float | None:
 
 
 def stage_env(rec: dict[str, Any], device: str) -> None:
-    import torch
     import transformers
 
     rec.update(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
@@ -164,8 +157,6 @@ def stage_env(rec: dict[str, Any], device: str) -> None:
 
 
 def stage_fixture(rec: dict[str, Any], device: str, compile_too: bool) -> None:
-    import torch
-
     exp = json.loads((SHARED / "fixtures/expected/tiny-libra-tac.json").read_text())
     cxr = SHARED / "data/cxr"
     # float32 parity: no TF32 in matmuls or the tower's patch convolution (restored for the 7B stages)
@@ -179,7 +170,6 @@ def stage_fixture(rec: dict[str, Any], device: str, compile_too: bool) -> None:
 
 def _fixture_checks(rec: dict[str, Any], device: str, compile_too: bool, exp: dict[str, Any], cxr: Path) -> None:
     import numpy as np
-    import torch
 
     from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings, generate_report
@@ -221,7 +211,6 @@ def _use_mode(lm: Any, mode: str) -> None:
 
 def build_model(shape: str, device: str, dtype: Any) -> Any:
     """A random 7B-shaped (or tiny) Libra + DINOv2 tower + TAC, initialised on the device in ``dtype``."""
-    import torch
     import transformers as tf
 
     from libra_cli.checkpoint.load import LoadedModel
@@ -267,8 +256,6 @@ def kv_bytes_per_token(lm: Any) -> int:
 
 
 def stage_encode(rec: dict[str, Any], lm: Any) -> Any:
-    import torch
-
     from libra_cli.images import load_and_preprocess
 
     cxr = SHARED / "data/cxr"
@@ -289,8 +276,6 @@ def samples_for(lm: Any, n: int) -> list[Any]:
 
 
 def stage_prefill(rec: dict[str, Any], lm: Any, feats: Any, batches: list[int]) -> None:
-    import torch
-
     from libra_cli.generation import prepare_batch
 
     for bs in batches:
@@ -370,8 +355,6 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per measurement (best of)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-
-    import torch
 
     from libra_cli.generation import GenerationSettings
 
