@@ -139,14 +139,12 @@ def load_model(
     conv_mode: str | None = None,
     load_4bit: bool = False,
     load_8bit: bool = False,
-    compile: bool = False,  # noqa: A002 - the flag's name
-    jpeg_draft: bool = False,
+    compile: bool = False, jpeg_draft: bool = False,  # noqa: A002 - the flag's name
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
-    ``compile``: decode with a static KV cache and a compiled step (first call compiles: slow once).
-    ``jpeg_draft``: JPEGs decoded at reduced size (inexact; ``libra_cli.images``).
+    ``compile``: static KV cache + compiled decode step; ``jpeg_draft``: reduced-size JPEG decoding (inexact).
     """
     from libra_cli import prompts
     from libra_cli.checkpoint import registry
@@ -208,10 +206,8 @@ def load_model(
     loaded = LoadedModel.from_model(
         lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
         dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
-        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name},
-    )
-    loaded.compile = compile
-    loaded.image_processor.jpeg_draft = jpeg_draft
+        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name})
+    loaded.compile, loaded.image_processor.jpeg_draft = compile, jpeg_draft
     return loaded
 
 
