@@ -1,9 +1,11 @@
 """Throughput of ``libra batch`` on CPU with the shared fixture (tiny-libra-tac).
 
-Must hold (issue 3): with pre-decoded images, greedy, 64 new tokens, samples/s at batch 16 is at
-least 3x the same code at batch 1. Also measured: batch 1/4/16 greedy and 3-beam (samples/s,
-tokens/s), and with the real JPEGs (one file per image, nothing shared) the fraction of the wall
-time the model waits for images with 0 and 2 decoding workers.
+Must hold: greedy, 64 new tokens, samples/s at batch 16 is at least 3x the same code at batch 1,
+with pre-decoded images (issue 3) and with full-size JPEGs decoded in the run (issue 15: every
+sample reads its own copies of the 3056x2544 and 2021x2021 example X-rays, so neither the
+encoder cache nor the per-run image cache can hit). Also measured: batch 1/4/16 greedy and
+3-beam (samples/s, tokens/s), and with the real JPEGs the fraction of the wall time the model
+waits for images with 0 and 2 decoding workers.
 
     python benchmarks/bench_batch.py            # full
     python benchmarks/bench_batch.py --quick    # fewer samples
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +38,7 @@ def main() -> int:
     import numpy as np
 
     from libra_cli import batch as b
+    from libra_cli import images
     from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings
 
@@ -54,6 +58,7 @@ def main() -> int:
         return out
 
     def measure(items: list[b.Item], settings: GenerationSettings, bs: int, workers: int = 2) -> dict:
+        images.CACHE.clear()  # each measurement is a run of its own: nothing preprocessed yet
         with tempfile.TemporaryDirectory() as d:
             runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers)
             s = b.run_batch(runner, items, [], Path(d) / "a.jsonl")
@@ -78,16 +83,25 @@ def main() -> int:
     print(f"must hold: samples/s batch 16 / batch 1 (greedy, 64 tokens, pre-decoded) = {ratio:.2f}x (>= 3x: "
           f"{'PASS' if ratio >= 3 else 'FAIL'})")
 
-    # real JPEGs: one file name per image, so every sample decodes two full-size X-rays
+    # real JPEGs: a copy of each X-ray per sample (a symlink would let the per-run image cache hit)
     with tempfile.TemporaryDirectory() as d:
         items = []
         for i in range(n):
             c, p = Path(d) / f"c{i}.jpg", Path(d) / f"p{i}.jpg"
-            os.symlink(SHARED / "data/cxr/current.jpg", c)
-            os.symlink(SHARED / "data/cxr/prior.jpg", p)
+            shutil.copyfile(SHARED / "data/cxr/current.jpg", c)
+            shutil.copyfile(SHARED / "data/cxr/prior.jpg", p)
             items.append(b.Item(i, i, b.ImageRef(f"file:{c}", str(c)), b.ImageRef(f"file:{p}", str(p)), prompts[i % 3]))
+        jpeg = {bs: measure(items, greedy, bs) for bs in (1, 16)}
         # batch 4: several batches, so decoding the next batch can overlap generating this one
         waits = {w: measure(items, greedy, 4, workers=w) for w in (0, 2)}
+    results["jpeg_greedy64"] = list(jpeg.values())
+    jratio = jpeg[16]["samples_per_s"] / jpeg[1]["samples_per_s"]
+    results["ratio_b16_vs_b1_greedy_jpeg"] = round(jratio, 2)
+    for r in jpeg.values():
+        print(f"real JPEGs batch {r['batch']:2d}: {r['samples_per_s']:7.3f} samples/s, model waits for images "
+              f"{100 * r['image_wait_fraction']:.1f}% of the time")
+    print(f"must hold: samples/s batch 16 / batch 1 (greedy, 64 tokens, full-size JPEGs, 2 workers) = {jratio:.2f}x "
+          f"(>= 3x: {'PASS' if jratio >= 3 else 'FAIL'})")
     results["jpeg_greedy64_b4"] = waits
     for w, r in waits.items():
         print(f"real JPEGs, batch 4, {w} workers: {r['samples_per_s']:.3f} samples/s, model waits for images "
@@ -95,7 +109,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
-    return 0 if ratio >= 3 else 1
+    return 0 if ratio >= 3 and jratio >= 3 else 1
 
 
 if __name__ == "__main__":

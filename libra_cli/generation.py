@@ -8,7 +8,9 @@ when a caller such as ``libra batch`` encodes each image once for many samples.
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -282,17 +284,20 @@ def generate(
             kw.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        out = model.generate(
-            input_ids=batch.input_ids.to(dev),
-            attention_mask=batch.attention_mask.to(dev),
-            image_features=image_features,
-            eos_token_id=eos_ids,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_scores=settings.num_return_sequences > 1,
-            streamer=streamer,
-            **kw,
-        )
+        ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+        decode_kw, attention = _decode_kwargs(loaded, settings, ids, mask, image_features)
+        with attention:
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                eos_token_id=eos_ids,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=settings.num_return_sequences > 1,
+                streamer=streamer,
+                **kw,
+                **decode_kw,
+            )
     t_gen = time.perf_counter()
     seqs = out.sequences[:, batch.input_ids.shape[1]:].cpu()
     scores = _sequence_scores(model, out, settings, seqs)
@@ -320,6 +325,36 @@ def generate(
     for r in reports:
         r.timings = dict(timings)
     return reports
+
+
+def _decode_kwargs(loaded: Any, settings: GenerationSettings, ids: torch.Tensor, mask: torch.Tensor,
+                   image_features: torch.Tensor) -> tuple[dict[str, Any], AbstractContextManager[Any]]:
+    """How the decode loop runs (speed only; the tokens are the same): image features or a shared prefix, compile.
+
+    - beam search: the prompt is prefilled once per sample and its KV cache shared by the beams
+      (:mod:`libra_cli.model.shared_prefix`), unless ``LIBRA_SHARED_PREFIX=0`` or the model can't;
+    - ``loaded.compile`` (``--compile``), greedy/sampling: a static KV cache and a ``torch.compile``d
+      decode step (CUDA graphs on a GPU). The cache length is rounded up to 256, so prompts of
+      similar length reuse one compiled graph.
+    """
+    from libra_cli.model import shared_prefix
+
+    model = loaded.model
+    if settings.num_beams > 1 and ids.shape[1] > 1 and os.environ.get("LIBRA_SHARED_PREFIX", "1") != "0" \
+            and shared_prefix.supported(model):
+        cache = shared_prefix.prefill_prefix(model, model.embed_multimodal(ids, image_features), mask)
+        return {"cache": cache, "shared_prefix": cache}, shared_prefix.attention(model)
+    kw: dict[str, Any] = {"image_features": image_features}
+    if getattr(loaded, "compile", False) and settings.num_beams == 1:
+        from transformers import CompileConfig
+
+        cuda = ids.device.type == "cuda"
+        backend = os.environ.get("LIBRA_COMPILE_BACKEND", "inductor")  # tests: "eager" traces without code generation
+        cfg = CompileConfig(fullgraph=False, backend=backend, mode="reduce-overhead" if cuda and backend == "inductor" else None)
+        cfg._compile_all_devices = not cuda or None  # transformers compiles on accelerators only unless told
+        kw.update(cache_implementation="static", compile_config=cfg,
+                  max_cache_len=-(-(ids.shape[1] + settings.max_new_tokens) // 256) * 256)
+    return kw, nullcontext()
 
 
 def _trim(ids: list[int], eos_ids: list[int], pad_id: int | None) -> list[int]:

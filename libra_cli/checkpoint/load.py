@@ -40,6 +40,8 @@ class LoadedModel:
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     codec: Any = None
+    # greedy/sampling decode with a static KV cache and a torch.compile'd step (``--compile``); speed only
+    compile: bool = False
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, tokenizer_folder: str | Path, conv_mode: str, *,
@@ -138,14 +140,13 @@ def load_model(
     load_4bit: bool = False,
     load_8bit: bool = False,
     revision: str | None = None,
+    compile: bool = False, jpeg_draft: bool = False,  # noqa: A002 - the flag's name
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder; ``revision``: branch, tag or commit) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
+    ``compile``: static KV cache + compiled decode step; ``jpeg_draft``: reduced-size JPEG decoding (inexact).
     """
-    from libra_cli import prompts
-    from libra_cli.checkpoint import registry
-
     quiet_transformers()
     t0 = time.perf_counter()
     dev = runtime.resolve_device(device)
@@ -189,10 +190,31 @@ def load_model(
             tower.vision_tower.load_state_dict(trained)
     lm.set_vision_tower(tower)
 
+    tokenizer, tok_folder = _tokenizer(folder, base_folder)
+    conv = _template(model, config, conv_mode)
+    loaded = LoadedModel.from_model(
+        lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
+        dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
+        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name,
+              "revision": revision, "commit": commit_of(folder)})
+    loaded.compile, loaded.image_processor.jpeg_draft = compile, jpeg_draft
+    return loaded
+
+
+def _tokenizer(folder: str, base_folder: str | None) -> tuple[Any, str]:
+    """The folder's tokenizer (else its base's), and where the codec's SentencePiece model comes from."""
     tok_folder = folder if layout.has_tokenizer(folder) else (base_folder or folder)
     tokenizer = load_tokenizer(tok_folder)
     if base_folder and not layout.has_spm_model(tok_folder) and layout.has_spm_model(base_folder):
         tok_folder = base_folder  # an output that lost tokenizer.model: decode with its base's, like the original
+    return tokenizer, tok_folder
+
+
+def _template(model: str, config: Any, conv_mode: str | None) -> str:
+    """The prompt template: the one the model was trained with, or the user's (warned about when it differs)."""
+    from libra_cli import prompts
+    from libra_cli.checkpoint import registry
+
     chosen = registry.default_conv_mode(model, config)
     if conv_mode and conv_mode != chosen:
         prompts.get_template(conv_mode)  # validates the name
@@ -200,12 +222,7 @@ def load_model(
                   f"--conv-mode {conv_mode} differs from {chosen!r}, the template {model} was trained with")
     conv = conv_mode or chosen
     prompts.get_template(conv)
-    return LoadedModel.from_model(
-        lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
-        dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
-        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name,
-              "revision": revision, "commit": commit_of(folder)},
-    )
+    return conv
 
 
 def load_projector(lm: Any, state: dict[str, torch.Tensor]) -> None:

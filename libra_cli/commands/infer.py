@@ -64,6 +64,8 @@ def infer(
         err.print("[yellow]notice:[/] no prior image given: the current image is used as the prior (dummy prior)")
     stream = not as_json and sys.stdout.isatty() and settings.num_beams == 1 and settings.num_return_sequences == 1
     streamer = TerminalStreamer(loaded) if stream else None
+    if model.jpeg_draft:  # decode again from the files, at reduced size
+        cur_img, prior_img = current, prior
     report = generate_report(loaded, cur_img, prior_img, prompt, context, settings, streamer=streamer)
     _render(report, loaded, as_json, streamer is not None, current, prior, err)
     if as_json:

@@ -39,6 +39,8 @@ class ModelFlags:
     attn: Annotated[str, typer.Option("--attn", help="auto | sdpa | eager | flash_attention_2.", rich_help_panel=M)] = "auto"
     load_4bit: Annotated[bool, typer.Option("--load-4bit", help="4-bit weights (bitsandbytes extra).", rich_help_panel=M)] = False
     load_8bit: Annotated[bool, typer.Option("--load-8bit", help="8-bit weights (bitsandbytes extra).", rich_help_panel=M)] = False
+    jpeg_draft: Annotated[bool, typer.Option("--jpeg-draft", help="Decode large JPEGs at 1/2-1/8 scale (faster, NOT pixel-exact: up to a few grey levels).", rich_help_panel=M)] = False
+    compile: Annotated[bool, typer.Option("--compile", help="Greedy/sampling: static KV cache + compiled decode step (CUDA graphs on a GPU; the first batch compiles).", rich_help_panel=M)] = False
 
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -113,11 +113,18 @@ class LibraMixin:
         labels: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        shared_prefix: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Causal-LM forward; ``pixel_values`` ``[B, 2, 3, H, W]`` or precomputed ``image_features``."""
+        """Causal-LM forward; ``pixel_values`` ``[B, 2, 3, H, W]`` or precomputed ``image_features``.
+
+        ``shared_prefix``: the beam-search cache of :mod:`libra_cli.model.shared_prefix`, handed down
+        to its attention function.
+        """
+        if shared_prefix is not None:
+            kwargs["shared_prefix"] = shared_prefix
         if inputs_embeds is None and input_ids is not None and (
-            pixel_values is not None or image_features is not None or bool((input_ids == IMAGE_TOKEN_INDEX).any())
+            pixel_values is not None or image_features is not None or _has_placeholders(input_ids)
         ):
             if image_features is None and pixel_values is not None:
                 image_features = self.get_image_features(pixel_values)
@@ -143,10 +150,12 @@ class LibraMixin:
         """``generate`` with images: the prompt embeddings go in for prefill, the ids stay the history.
 
         Keeping the prompt ids in the history is what makes ``no_repeat_ngram_size`` (which the
-        original always uses with beams) see the prompt, exactly as the original did.
+        original always uses with beams) see the prompt, exactly as the original did. With a
+        ``cache`` that already holds the prompt (shared-prefix beam search), nothing is embedded.
         """
-        if input_ids is not None and (pixel_values is not None or image_features is not None
-                                      or bool((input_ids == IMAGE_TOKEN_INDEX).any())):
+        prefilled = kwargs.get("cache") is not None and kwargs["cache"].get_seq_length() > 0
+        if input_ids is not None and not prefilled and (pixel_values is not None or image_features is not None
+                                                        or _has_placeholders(input_ids)):
             if image_features is None and pixel_values is not None:
                 image_features = self.get_image_features(pixel_values)
             kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, image_features)
@@ -158,6 +167,14 @@ class LibraMixin:
         if "state_dict" not in kwargs and not getattr(self.config, "unfreeze_mm_vision_tower", False):
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("model.vision_tower.")}
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _has_placeholders(input_ids: torch.Tensor) -> bool:
+    """Whether ids hold image placeholders. Decode steps (one new token per row) never do: they skip the
+    check, which would copy a flag to the host every step and break a compiled decode graph in two."""
+    if input_ids.shape[-1] <= 1 or torch.compiler.is_compiling():
+        return False
+    return bool((input_ids == IMAGE_TOKEN_INDEX).any())
 
 
 # ------------------------------------------------------------------ per-backbone classes

@@ -46,10 +46,12 @@ class ModelKey:
     attn: str = "auto"
     load_4bit: bool = False
     load_8bit: bool = False
+    compile: bool = False
+    jpeg_draft: bool = False
 
     def with_model(self, model: str) -> ModelKey:
         return ModelKey(model, self.model_base, self.vision_tower, self.conv_mode, self.dtype, self.device,
-                        self.attn, self.load_4bit, self.load_8bit)
+                        self.attn, self.load_4bit, self.load_8bit, self.compile, self.jpeg_draft)
 
 
 class ModelCache:
@@ -75,7 +77,7 @@ class ModelCache:
 
         return load_model(key.model, model_base=key.model_base, vision_tower=key.vision_tower, dtype=key.dtype,
                           device=key.device, attn=key.attn, conv_mode=key.conv_mode, load_4bit=key.load_4bit,
-                          load_8bit=key.load_8bit)
+                          load_8bit=key.load_8bit, compile=key.compile, jpeg_draft=key.jpeg_draft)
 
     def get(self, key: ModelKey) -> tuple[Any, threading.Lock]:
         """The loaded model for ``key`` and its generation lock (loads it on first use)."""

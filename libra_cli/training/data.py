@@ -148,7 +148,8 @@ class LibraTrainDataset(torch.utils.data.Dataset):
     def _pixels(self, name: str) -> np.ndarray:
         from libra_cli.images import load_and_preprocess
 
-        return load_and_preprocess(str(self.image_folder / name), self.image_processor, pad=self.pad_images)
+        # read once per epoch: the per-run image cache (libra_cli.images.CACHE) would only hold memory
+        return load_and_preprocess(str(self.image_folder / name), self.image_processor, pad=self.pad_images, cache=False)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
