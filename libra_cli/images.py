@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from libra_cli.errors import InputError
 
@@ -143,7 +143,9 @@ def load_image(source: Any, draft_size: int | None = None) -> Image.Image:
     if isinstance(source, (str, Path)):
         s = str(source)
         if _is_url(s):
-            return _open_bytes(_fetch_url(s), s, draft_size)
+            from libra_cli.urls import fetch
+
+            return _open_bytes(fetch(s), s, draft_size)
         path = Path(s).expanduser()
         if not path.exists():
             raise InputError(f"image not found: {s}; check the path")
@@ -159,16 +161,6 @@ def load_image(source: Any, draft_size: int | None = None) -> Image.Image:
     raise InputError(f"unsupported image input of type {type(source).__name__}; give a path, URL, bytes or PIL image")
 
 
-def _fetch_url(url: str) -> bytes:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - user-given image URL
-            return resp.read()
-    except Exception as exc:  # noqa: BLE001 - any network failure is a user-facing input problem
-        raise InputError(f"cannot download image {url}: {exc}") from exc
-
-
 def _looks_like_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
@@ -178,12 +170,31 @@ def _open_bytes(data: bytes, name: str, draft_size: int | None = None) -> Image.
         return _dicom_image(data, name)
     try:
         img = Image.open(io.BytesIO(data))
+        _check_pixels(img.size, name)
         if draft_size and img.format == "JPEG":
             _draft(img, draft_size)
         img.load()
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {name} is too large to decode safely ({exc}); check the file") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"not a readable image: {name} ({exc.__class__.__name__}); give a JPEG, PNG or DICOM file") from exc
     return _normalise_mode(img)
+
+
+def max_pixels() -> int:
+    """Largest image libra decodes (``LIBRA_MAX_IMAGE_PIXELS``, default 100 million): a guard against files
+    whose header promises gigapixels. Pillow's own global limit is left as the user set it."""
+    try:
+        return int(float(os.environ.get("LIBRA_MAX_IMAGE_PIXELS", "1e8")))
+    except ValueError as exc:
+        raise InputError("LIBRA_MAX_IMAGE_PIXELS must be a number of pixels") from exc
+
+
+def _check_pixels(size: tuple[int, int], name: str) -> None:
+    w, h = size
+    if w * h > max_pixels():
+        raise InputError(f"image {name} is {w} x {h} pixels, over the {max_pixels():,} limit "
+                         "(LIBRA_MAX_IMAGE_PIXELS); a chest X-ray is far smaller: check the file")
 
 
 def _draft(img: Image.Image, min_side: int) -> None:
@@ -221,7 +232,10 @@ def _dicom_image(data: bytes, name: str) -> Image.Image:
         raise InputError("DICOM support needs pydicom: pip install pydicom") from exc
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        _check_pixels((int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0)), name)
         arr = ds.pixel_array
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
         raise InputError(f"not a readable DICOM image: {name} ({exc}); check the file or convert it to PNG") from exc
     arr = apply_voi_lut(arr, ds).astype(np.float64)
@@ -438,8 +452,3 @@ def load_and_preprocess_many(sources: Sequence[Any], cfg: ImageProcessorConfig, 
         with ThreadPoolExecutor(n, thread_name_prefix="libra-img") as pool:
             done = list(pool.map(lambda s: load_and_preprocess(s, cfg, pad), todo))
     return [done[slot[ident(s)]] for s in sources]
-
-
-# Pillow must not refuse the large, sometimes truncated JPEGs of clinical exports.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = 400_000_000

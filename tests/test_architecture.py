@@ -24,7 +24,7 @@ OWNER = {  # first matching prefix wins
     "libra_cli.checkpoint": "engine", "libra_cli.generation": "engine", "libra_cli.streaming": "engine",
     "libra_cli.ccd": "engine", "libra_cli.vllm_engine": "engine",
     "libra_cli.model": "model",
-    "libra_cli.images": "inputs", "libra_cli.prompts": "inputs", "libra_cli.jsonio": "inputs",
+    "libra_cli.images": "inputs", "libra_cli.prompts": "inputs", "libra_cli.jsonio": "inputs", "libra_cli.urls": "inputs",
     "libra_cli.data": "inputs", "libra_cli.metrics": "inputs",
     "libra_cli.errors": "ground", "libra_cli.atomic": "ground", "libra_cli.console": "ground",
     "libra_cli.paths": "ground",

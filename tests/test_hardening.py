@@ -183,3 +183,85 @@ def test_dataset_split_is_never_ignored(tmp_path: Path) -> None:
     res = _libra("batch", "--dataset", str(tmp_path / "ds"), "--split", "test", "-m", str(FIXTURES / "tiny-libra-tac"),
                  "--out", str(tmp_path / "a.jsonl"))
     _one_line_error(res, "no split 'test'", "train")
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A tiny PNG whose header claims ``w`` x ``h`` pixels (a decompression bomb's calling card)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [12_000, 60_000])  # over libra's limit; over Pillow's bomb limit too
+def test_decompression_bombs_are_one_line_errors_in_infer(tmp_path: Path, side: int) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(side, side))
+    res = _libra("infer", "-m", str(FIXTURES / "tiny-libra-tac"), str(bomb))
+    _one_line_error(res, str(bomb))
+
+
+def test_importing_libra_leaves_pillow_alone() -> None:
+    """Pillow's globals are the user's: importing libra changes neither (its limits apply per image)."""
+    code = ("from PIL import Image, ImageFile\nImageFile.LOAD_TRUNCATED_IMAGES = True\nImage.MAX_IMAGE_PIXELS = 123\n"
+            "import libra_cli.images, libra_cli.batch.images, libra_cli.generation\n"
+            "print(ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "123"]
+
+
+@pytest.fixture
+def slow_server():  # noqa: ANN201
+    """Loopback server: /drip sends one byte every 0.3 s; /huge declares 10 GB; /endless streams without a length."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            if self.path == "/huge":
+                self.send_header("Content-Length", str(10 * 10**9))
+                self.end_headers()
+                return
+            self.end_headers()
+            try:
+                for _ in range(2000):
+                    if self.path == "/drip":
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                    else:
+                        self.wfile.write(b"x" * 65536)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_images_have_a_deadline_and_a_size_cap(slow_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from libra_cli.errors import InputError
+    from libra_cli.images import load_image
+
+    monkeypatch.setenv("LIBRA_URL_TIMEOUT", "2")
+    monkeypatch.setenv("LIBRA_URL_MAX_MB", "1")
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="longer than 2 s"):
+        load_image(f"{slow_server}/drip")
+    assert time.monotonic() - t0 < 8  # a per-read timeout alone would wait for all 2000 bytes
+    with pytest.raises(InputError, match="10000 MB, over the 1 MB limit"):
+        load_image(f"{slow_server}/huge")
+    with pytest.raises(InputError, match="over the 1 MB limit"):
+        load_image(f"{slow_server}/endless")
