@@ -48,7 +48,7 @@ def quiet_transformers() -> None:
         pass
 
 
-def progress_bar(console: Any, label: str, unit: str = "", transient: bool = False) -> Any:
+def progress_bar(console: Any, label: str, unit: str = "", transient: bool = False, disable: bool = False) -> Any:
     """The one progress-bar layout of every long job: label, bar, done/total, rate, elapsed, ETA.
 
     Set the task field ``rate`` to show throughput (e.g. "3.2 samples/s").
@@ -66,4 +66,4 @@ def progress_bar(console: Any, label: str, unit: str = "", transient: bool = Fal
     if unit:
         columns.append(TextColumn(unit))
     columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*columns, console=console, transient=transient)
+    return Progress(*columns, console=console, transient=transient, disable=disable)

@@ -228,3 +228,16 @@ def test_training_prompt_ids_equal_inference_ids(tok) -> None:
     assert ids[: len(prompt_ids)] == prompt_ids
     answer = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
     assert answer == codec.encode("Heart  size is  normal.")[1:] + [tok.eos_token_id]
+
+
+def test_report_to_takes_any_trainer_logger_and_checks_its_package() -> None:
+    from libra_cli.errors import InputError
+    from libra_cli.training.recipe import load_recipe
+
+    base = {"model_name_or_path": "m", "data_path": "d", "output_dir": "o"}
+    assert load_recipe(None, "align", base | {"report_to": "tensorboard"}).loggers() == ["tensorboard"]
+    assert load_recipe(None, "align", base | {"report_to": "none"}).loggers() == []
+    with pytest.raises(InputError, match="did you mean 'tensorboard'"):
+        load_recipe(None, "align", base | {"report_to": "tensorbord"})
+    with pytest.raises(InputError, match=r"trackio needs the trackio package \(pip install trackio\)"):
+        load_recipe(None, "align", base | {"report_to": "tensorboard,trackio"})

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import GenerationFlags, Group, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.options import GenerationFlags, ModelFlags, OutputFlags, with_flags
 from libra_cli.errors import InputError
 
 IN = "Input"
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("batch")(batch)
 
 
-@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=Group(OutputFlags, exclude=("as_json",)))
+@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=OutputFlags)
 def batch(
     input: Annotated[str | None, typer.Argument(help="Questions JSONL (docs/batch.md#inputs), CSV, parquet file or dataset folder.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
@@ -54,7 +54,7 @@ def batch(
     bs = b.parse_batch_size(batch_size)
     n, k = b.resolve_shard(num_shards, shard)
     settings = gen.settings()
-    quiet = out_flags.quiet
+    quiet = out_flags.quiet or out_flags.as_json
     cols = b.Columns(image=image_column, prior=prior_column or None, prompt=prompt_column or None, id=id_column,
                      context=context_column, reference=reference_column)
     items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
@@ -72,7 +72,11 @@ def batch(
                             on_start=progress.start)
     finally:
         progress.stop()
-    if not quiet:
+    if out_flags.as_json:
+        import json
+
+        typer.echo(json.dumps(stats.to_dict(), indent=2))
+    elif not quiet:
         _summary(err, stats, n, k)
     if stats.failed:
         raise typer.Exit(b.EXIT_SAMPLES_FAILED)

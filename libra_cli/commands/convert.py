@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from libra_cli.checkpoint import files
-from libra_cli.commands.options import ModelBaseOpt, VisionTowerOpt
+from libra_cli.commands.options import ModelBaseOpt, OutputFlags, VisionTowerOpt, with_flags
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +20,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty out
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 
 
+@with_flags(show=OutputFlags)
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or hub id: full, LoRA or projector-only.")],
     out: Annotated[str, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
@@ -35,22 +36,26 @@ def convert(
     tolerance: Annotated[float | None, typer.Option(
         "--tolerance", help="Allowed max |logit diff| per unit of logit scale (default 1e-4 float32, 5e-3 half).")] = None,
     force: ForceOpt = False,
-    as_json: JsonOpt = False,
+    *,
+    show: OutputFlags,
 ) -> None:
     """Write a standalone checkpoint (original layout, sharded safetensors) from any loadable layout."""
     from rich.console import Console
 
     from libra_cli import convert as core
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, quiet=show.quiet or show.as_json)
     with err.status("converting ...") as status:
         res = core.convert(src, out, model_base=model_base, dtype=dtype, bundle_vision_tower=bundle_vision_tower,
                            max_shard_size=max_shard_size, force=force, verify=verify, vision_tower=vision_tower,
                            device=device, tolerance=tolerance, log=lambda m: status.update(m + " ..."))
     for note in res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
-    if as_json:
+    if show.as_json:
         typer.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    if show.quiet:
+        typer.echo(res.out)
         return
     typer.echo(f"wrote {res.out}: {res.source_kind} -> standalone {res.dtype}, {res.num_tensors} tensors "
                f"({res.num_params / 1e6:.2f}M params), {len(res.shards)} shard(s), {res.total_bytes / 1e6:.1f} MB "

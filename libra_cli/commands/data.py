@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from libra_cli.commands.options import OutputFlags, with_flags
+
 data_app = typer.Typer(
     name="data",
     help="Prepare MIMIC-CXR data: pair prior images, extract report sections, build training/eval files.",
@@ -29,7 +31,25 @@ def _console():  # noqa: ANN202 - rich is imported lazily
     return Console(stderr=True)
 
 
+def _busy(con, show: OutputFlags, message: str):  # noqa: ANN001, ANN202
+    """A spinner on stderr, unless --quiet or --json."""
+    import contextlib
+
+    return contextlib.nullcontext() if (show.quiet or show.as_json) else con.status(message)
+
+
+def _result(show: OutputFlags, stats: object, seconds: float) -> bool:
+    """--json: the stats as JSON on stdout; returns True when the summary table should be skipped."""
+    if show.as_json:
+        import dataclasses
+        import json
+
+        typer.echo(json.dumps(dataclasses.asdict(stats) | {"seconds": round(seconds, 3)}, indent=2, default=str))
+    return show.as_json or show.quiet
+
+
 @data_app.command("pair-priors")
+@with_flags(show=OutputFlags)
 def pair_priors(
     metadata: Annotated[Path, typer.Argument(help="mimic-cxr-2.0.0-metadata.csv(.gz) from MIMIC-CXR-JPG.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output table: *.csv, *.csv.gz, *.jsonl(.gz) or *.parquet.")],
@@ -39,6 +59,8 @@ def pair_priors(
     same_view_class: Annotated[bool, typer.Option("--same-view-class", help="Pair only within a view class (frontal / lateral / other).")] = False,
     max_gap_days: Annotated[int | None, typer.Option("--max-gap-days", min=0, help="No prior when it is more than N days older.")] = None,
     image_ext: Annotated[str, typer.Option("--image-ext", help="Image file extension in the paths (jpg for MIMIC-CXR-JPG, dcm for MIMIC-CXR).")] = "jpg",
+    *,
+    show: OutputFlags,
 ) -> None:
     """Pair every image with its prior (the Libra README recipe, exact and vectorised)."""
     from rich.table import Table
@@ -54,9 +76,11 @@ def pair_priors(
     )
     con = _console()
     t0 = time.perf_counter()
-    with con.status("pairing priors ..."):
+    with _busy(con, show, "pairing priors ..."):
         stats = run_pair_priors(metadata, split, out, opts)
     dt = time.perf_counter() - t0
+    if _result(show, stats, dt):
+        return
     tab = Table(title=f"pair-priors -> {out}", show_header=False, title_justify="left")
     tab.add_row("metadata rows", f"{stats.metadata_rows:,}")
     if split is not None:
@@ -79,11 +103,14 @@ def pair_priors(
 
 
 @data_app.command("extract-sections")
+@with_flags(show=OutputFlags)
 def extract_sections(
     reports_dir: Annotated[Path, typer.Argument(help="Unzipped mimic-cxr-reports 'files' folder (pNN/pSUBJECT/sSTUDY.txt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for mimic_cxr_sectioned.csv and mimic_cxr_NN.csv.")],
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0: one per CPU).")] = 0,
     no_split: Annotated[bool, typer.Option("--no-split", help="Write one mimic_cxr_sections.csv instead of 10,000-row chunks.")] = False,
+    *,
+    show: OutputFlags,
 ) -> None:
     """Split free-text reports into sections (MIMIC-CXR scripts with Libra's customisation)."""
     from rich.table import Table
@@ -94,7 +121,7 @@ def extract_sections(
     con = _console()
     nworkers = workers or max(1, min(os.cpu_count() or 1, 16))
     t0 = time.perf_counter()
-    with progress_bar(con, "sections", unit="patients", transient=True) as bar:
+    with progress_bar(con, "sections", unit="patients", transient=True, disable=show.quiet or show.as_json) as bar:
         task = bar.add_task("sections", total=None, rate="")
 
         def on_start(total: int) -> None:
@@ -106,6 +133,8 @@ def extract_sections(
 
         stats = run(reports_dir, out, workers=nworkers, no_split=no_split, on_progress=on_progress, on_start=on_start)
     dt = time.perf_counter() - t0
+    if _result(show, stats, dt):
+        return
     tab = Table(title=f"extract-sections -> {out}", show_header=False, title_justify="left")
     tab.add_row("reports", f"{stats.reports:,} ({stats.reports / max(dt, 1e-9):,.0f}/s, {stats.nbytes / 1e6:,.1f} MB)")
     tab.add_row("mimic_cxr_sectioned.csv rows", f"{stats.sectioned_rows:,} (+{stats.special_cases} special-cased studies)")
@@ -122,6 +151,7 @@ def extract_sections(
 
 
 @data_app.command("build")
+@with_flags(show=OutputFlags)
 def build(
     pairs: Annotated[Path, typer.Option("--pairs", help="Output of 'libra data pair-priors' (csv/jsonl/parquet).")],
     sections: Annotated[Path, typer.Option("--sections", help="mimic_cxr_sectioned.csv from 'libra data extract-sections'.")],
@@ -138,6 +168,8 @@ def build(
     missing_prior: Annotated[str, typer.Option("--missing-prior", help="Images without a prior: single ([current]) | self ([current, current]) | drop.")] = "single",
     image_prefix: Annotated[str, typer.Option("--image-prefix", help="Prefix for image paths (they are relative to the image folder).")] = "",
     keep_whitespace: Annotated[bool, typer.Option("--keep-whitespace", help="Keep report line breaks (default: collapse whitespace).")] = False,
+    *,
+    show: OutputFlags,
 ) -> None:
     """Join pairs and sections into the training JSON and evaluation questions JSONL."""
     from rich.table import Table
@@ -158,9 +190,11 @@ def build(
     )
     con = _console()
     t0 = time.perf_counter()
-    with con.status("building ..."):
+    with _busy(con, show, "building ..."):
         stats = run_build(pairs, sections, out_json, out_questions, opts, split_path=split, hf_out=hf_dataset)
     dt = time.perf_counter() - t0
+    if _result(show, stats, dt):
+        return
     tab = Table(title="build", show_header=False, title_justify="left")
     tab.add_row("pairs rows", f"{stats.rows:,}")
     if opts.split_name != "all":

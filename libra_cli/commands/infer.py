@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import GenerationFlags, Group, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.options import GenerationFlags, ModelFlags, OutputFlags, with_flags
 from libra_cli.errors import InputError
 
 
@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     app.command("infer")(infer)
 
 
-@with_flags(model=ModelFlags, gen=GenerationFlags, out=Group(OutputFlags, exclude=("quiet",)))
+@with_flags(model=ModelFlags, gen=GenerationFlags, out=OutputFlags)
 def infer(
     current: Annotated[str | None, typer.Argument(help="Current X-ray: JPEG/PNG/DICOM path or URL.", show_default=False)] = None,
     prior: Annotated[str | None, typer.Argument(help="Prior X-ray of the same patient (omit: the current image is reused).")] = None,
@@ -35,7 +35,7 @@ def infer(
     from libra_cli.images import load_image
     from libra_cli.prompts import get_template
 
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True, quiet=out.quiet)
     if example:
         if current or prior:
             raise InputError("--example uses the shipped example pair; drop the image arguments or --example")
@@ -55,7 +55,7 @@ def infer(
 
     settings = gen.settings()
     as_json = out.as_json
-    loaded = model.load()
+    loaded = model.load(quiet=out.quiet)
     if getattr(loaded.config, "libra_demo", False):
         from libra_cli.demo import NOTICE
 

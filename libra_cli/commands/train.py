@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import with_flags
+from libra_cli.commands.options import OutputFlags, with_flags
 from libra_cli.errors import InputError
 
 train_app = typer.Typer(help="Train Libra: stage 1 align (connector only), stage 2 finetune (LoRA).",
@@ -38,20 +38,20 @@ def register(app: typer.Typer) -> None:
 
 
 @train_app.command("align")
-@with_flags(flags=TrainFlags)
-def align(*, flags: TrainFlags) -> None:
+@with_flags(flags=TrainFlags, show=OutputFlags)
+def align(*, flags: TrainFlags, show: OutputFlags) -> None:
     """Stage 1: train the connector (encoder and LLM frozen); each checkpoint holds the connector file."""
-    _run("align", flags)
+    _run("align", flags, show)
 
 
 @train_app.command("finetune")
-@with_flags(flags=TrainFlags)
-def finetune(*, flags: TrainFlags) -> None:
+@with_flags(flags=TrainFlags, show=OutputFlags)
+def finetune(*, flags: TrainFlags, show: OutputFlags) -> None:
     """Stage 2: LoRA fine-tune of the LLM; writes the original LoRA layout (load with --model-base)."""
-    _run("finetune", flags)
+    _run("finetune", flags, show)
 
 
-def _run(stage: str, f: TrainFlags) -> None:
+def _run(stage: str, f: TrainFlags, show: OutputFlags) -> None:
     import yaml
 
     from libra_cli.console import err_console
@@ -63,6 +63,10 @@ def _run(stage: str, f: TrainFlags) -> None:
         overrides["output_dir"] = f.out
     if f.distributed:
         overrides["distributed"] = f.distributed
+    if show.quiet:
+        os.environ["LIBRA_QUIET"] = "1"  # no progress, no log lines (the launcher's processes inherit it)
+    if show.quiet or show.as_json:
+        overrides["disable_tqdm"] = "true"  # log lines instead of a bar (and none of them with --quiet)
     recipe = load_recipe(f.recipe, stage, overrides)
     from libra_cli.training.outputs import check_output_dir, resolve_resume
     from libra_cli.training.trainer import prepare_data
@@ -85,11 +89,18 @@ def _run(stage: str, f: TrainFlags) -> None:
     res = train(recipe, stage, resume=ckpt)
     if os.environ.get("RANK", "0") != "0":  # one summary (and one output path on stdout) per run, not per process
         return
+    if show.as_json:
+        import dataclasses
+        import json
+
+        typer.echo(json.dumps(dataclasses.asdict(res), indent=2))
+        return
     first, last = (res.losses[0], res.losses[-1]) if res.losses else (float("nan"), float("nan"))
-    err.print(f"[green]done:[/] {res.global_step} steps in {res.seconds:.0f}s, loss {first:.4f} -> {last:.4f}, "
-              f"{res.trainable:,} of {res.total:,} parameters trained"
-              + (f", {res.tokens_per_s:.0f} tokens/s" if res.tokens_per_s else "")
-              + (f"; {res.truncated} samples truncated to model_max_length" if res.truncated else ""))
+    if not show.quiet:
+        err.print(f"[green]done:[/] {res.global_step} steps in {res.seconds:.0f}s, loss {first:.4f} -> {last:.4f}, "
+                  f"{res.trainable:,} of {res.total:,} parameters trained"
+                  + (f", {res.tokens_per_s:.0f} tokens/s" if res.tokens_per_s else "")
+                  + (f"; {res.truncated} samples truncated to model_max_length" if res.truncated else ""))
     typer.echo(res.output_dir)
 
 

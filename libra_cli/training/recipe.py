@@ -18,6 +18,11 @@ from typing import Any
 from libra_cli.errors import InputError
 
 STAGES = ("align", "finetune")
+# transformers' Trainer integrations (report_to) and the package each needs
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                   "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                   "neptune": "neptune", "azure_ml": "azureml", "codecarbon": "codecarbon", "dagshub": "dagshub",
+                   "flyte": "flytekit", "kubeflow": "kfp"}
 DISTRIBUTED = ("none", "ddp", "zero2", "zero3", "fsdp")
 
 
@@ -77,7 +82,7 @@ class Recipe:
     eval_num_beams: int = 1
     eval_metrics: str = "bleu,rouge,temporal"
     metric_for_best_model: str | None = "BLEU4"  # keep the best checkpoint in best/ (None: off)
-    report_to: str = "none"  # none | tensorboard | wandb
+    report_to: str = "none"  # none | all | comma list: tensorboard, wandb, mlflow, trackio, ... (LOGGER_PACKAGES)
     distributed: str = "none"  # none | ddp | zero2 | zero3 | fsdp (presets: libra recipes list)
     disable_tqdm: bool = False  # no progress bar: one log line per logging step on stderr instead
 
@@ -117,14 +122,25 @@ class Recipe:
             bad("lora_r must be >= 1 and lora_alpha > 0")
         if self.bf16 and self.fp16:
             bad("bf16 and fp16 are both on; choose one")
-        if self.report_to not in ("none", "tensorboard", "wandb", "all"):
-            bad(f"report_to must be none, tensorboard or wandb, got {self.report_to!r}")
         import importlib.util
 
-        for logger in ("tensorboard", "wandb"):
-            if self.report_to in (logger, "all") and importlib.util.find_spec(logger) is None:
-                bad(f"report_to: {logger} needs the {logger} package (pip install 'libra-cli[train]'), "
-                    "or pass --set report_to=none")
+        for logger in self.loggers():
+            if logger not in LOGGER_PACKAGES:
+                bad(f"report_to: unknown logger {logger!r}{_closest_of(logger, [*LOGGER_PACKAGES, 'none', 'all'])}; "
+                    f"use none, all or a comma list of {', '.join(LOGGER_PACKAGES)}")
+            package = LOGGER_PACKAGES[logger]
+            if self.report_to != "all" and importlib.util.find_spec(package) is None:
+                hint = "pip install 'libra-cli[train]'" if logger == "tensorboard" else f"pip install {package}"
+                bad(f"report_to: {logger} needs the {package} package ({hint}), or pass --set report_to=none")
+
+    def loggers(self) -> list[str]:
+        """The Trainer integrations to report to (``report_to``: none, all, or a comma list)."""
+        value = self.report_to.strip()
+        if value in ("none", ""):
+            return []
+        if value == "all":
+            return []  # the Trainer picks every installed integration
+        return [x.strip() for x in value.split(",") if x.strip()]
 
     def gradient_accumulation(self, world_size: int = 1) -> int:
         """Accumulation steps that keep ``global_batch_size`` on ``world_size`` processes."""
@@ -139,6 +155,11 @@ class Recipe:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Recipe)}
 _HINTS = typing.get_type_hints(Recipe)
+
+
+def _closest_of(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _closest(key: str, extra: tuple[str, ...] = ()) -> str:

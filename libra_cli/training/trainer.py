@@ -290,7 +290,7 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     if best and not recipe.eval_generate:
         best = "loss"
     higher = best is not None and best.lower() not in ("loss", "eval_loss")
-    report_to = [] if recipe.report_to == "none" else [recipe.report_to]
+    report_to = "all" if recipe.report_to.strip() == "all" else recipe.loggers()
     _recipe_mixed_precision(recipe)
     args = _training_args(recipe, evaluating, best, higher, report_to)
     collator = LibraCollator(built.tokenizer.pad_token_id, built.info["num_image_tokens"], recipe.padding_side)

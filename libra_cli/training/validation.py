@@ -3,6 +3,7 @@ scored with ``libra_cli.metrics``; and the callbacks that keep the best checkpoi
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def progress_callback(recipe: Recipe) -> Any:
                 self.bar.update(self.task, completed=state.global_step, rate=self.last)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-            if not state.is_world_process_zero or not logs:
+            if not state.is_world_process_zero or not logs or os.environ.get("LIBRA_QUIET") == "1":
                 return
             shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "tokens_per_s")
                      or k.startswith("eval_")}
