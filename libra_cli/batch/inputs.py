@@ -45,6 +45,7 @@ class Item:
     context: str | None = None
     reference: str | None = None
     where: str = ""
+    selection: dict[str, Any] | None = None  # study-level input: which images were chosen, and why
 
     @property
     def key(self) -> str:
@@ -99,6 +100,18 @@ def _image_pair(value: Any, folder: Path | None) -> tuple[ImageRef | None, Image
     return None, None
 
 
+def _study_pair(rec: dict[str, Any], folder: Path | None, where: str
+                ) -> tuple[ImageRef, ImageRef | None, dict[str, Any]]:
+    """``images`` (the study, with views) + ``prior_images`` (earlier studies, with dates) -> current, prior."""
+    from libra_cli.data.studies import StudyImage, parse_date, select
+
+    study = [StudyImage.parse(v, where) for v in rec["images"]]
+    earlier = [StudyImage.parse(v, where) for v in rec.get("prior_images") or []]
+    chosen = select(study, earlier, parse_date(rec.get("study_date"), where))
+    prior = _path_ref(str(chosen.prior.path), folder) if chosen.prior is not None else None
+    return _path_ref(str(chosen.current.path), folder), prior, chosen.to_dict()
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -145,9 +158,17 @@ def read_questions(path: str | Path, image_folder: str | Path | None = None) -> 
         if qid is None:
             errors.append(ErrorRecord(idx, None, "input", f"line {lineno} has no question_id", where))
             continue
-        cur, prior = _image_pair(rec.get("image"), folder)
+        selection = None
+        if isinstance(rec.get("images"), list):  # study-level: pick the frontal current and the earlier prior
+            try:
+                cur, prior, selection = _study_pair(rec, folder, where)
+            except InputError as exc:
+                errors.append(ErrorRecord(idx, qid, "input", str(exc), where))
+                continue
+        else:
+            cur, prior = _image_pair(rec.get("image"), folder)
         item = Item(idx, qid, cur, prior, _text(rec.get("text")), _text(rec.get("context")),
-                    _text(rec.get("reference")), where)
+                    _text(rec.get("reference")), where, selection)
         if _check_item(item, seen, errors):
             items.append(item)
     return items, errors

@@ -332,6 +332,8 @@ class BatchRunner:
             meta["candidates"] = [{"text": c.text, "score": c.score} for c in rep.candidates]
         if it.reference is not None:
             meta["reference"] = it.reference
+        if it.selection is not None:
+            meta["study_selection"] = it.selection
         return {
             "question_id": it.question_id,
             "prompt": it.query if it.query is not None else default_query(self.loaded),

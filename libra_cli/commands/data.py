@@ -168,6 +168,7 @@ def build(
     missing_prior: Annotated[str, typer.Option("--missing-prior", help="Images without a prior: single ([current]) | self ([current, current]) | drop.")] = "single",
     image_prefix: Annotated[str, typer.Option("--image-prefix", help="Prefix for image paths (they are relative to the image folder).")] = "",
     keep_whitespace: Annotated[bool, typer.Option("--keep-whitespace", help="Keep report line breaks (default: collapse whitespace).")] = False,
+    per_study: Annotated[bool, typer.Option("--per-study", help="One sample per study: its frontal image (PA > AP), with that image's prior; the choice is recorded.")] = False,
     *,
     show: OutputFlags,
 ) -> None:
@@ -187,6 +188,7 @@ def build(
         missing_prior=missing_prior.strip().lower(),
         image_prefix=image_prefix,
         compact_whitespace=not keep_whitespace,
+        per_study=per_study,
     )
     con = _console()
     t0 = time.perf_counter()

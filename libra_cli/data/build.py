@@ -73,6 +73,7 @@ class BuildOptions:
     missing_prior: str = "single"
     image_prefix: str = ""
     compact_whitespace: bool = True
+    per_study: bool = False  # one sample per study (its frontal image), not one per image
 
 
 @dataclass
@@ -168,7 +169,8 @@ def build_records(
         fields.append("query")
 
     prefix = opts.image_prefix.rstrip("/") + "/" if opts.image_prefix else ""
-    cols = {c: pairs[c].to_pylist() for c in ("dicom_id", "study_id", "subject_id", "image", "prior_image", "split")
+    cols = {c: pairs[c].to_pylist() for c in ("dicom_id", "study_id", "subject_id", "image", "prior_image", "split",
+                                               "ViewPosition", "StudyTime", "prior_StudyDate")
             if c in pairs.column_names}
     n = pairs.num_rows
     prior_col = cols.get("prior_image", [None] * n)
@@ -207,11 +209,42 @@ def build_records(
             "study_id": study_key,
             "subject_id": cols["subject_id"][i] if "subject_id" in cols else None,
             "split": cols["split"][i] if "split" in cols else None,
+            "view": cols["ViewPosition"][i] if "ViewPosition" in cols else "",
+            "time": cols["StudyTime"][i] if "StudyTime" in cols else None,
+            "prior_date": cols["prior_StudyDate"][i] if "prior_StudyDate" in cols else None,
         })
         stats.with_prior += prior is not None
+    if opts.per_study:
+        records = one_per_study(records)
     stats.kept = len(records)
+    stats.with_prior = sum(r["has_prior"] for r in records)
     stats.dropped_no_target_studies = len(dropped_studies)
     return records, stats
+
+
+def one_per_study(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per study: its frontal image (PA > AP > other frontal, latest time) with that image's prior
+    from pair-priors; the choice is recorded in ``selection`` (docs/data.md#study-level-samples)."""
+    from libra_cli.data.studies import RULE, StudyImage, current_key
+
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_study.setdefault(r["study_id"], []).append(r)
+    out = []
+    for study in by_study.values():
+        images = [StudyImage(r["images"][0], str(r.get("view") or ""), None,
+                             float(r["time"]) if r.get("time") not in (None, "") else None) for r in study]
+        frontal = [(i, im) for i, im in enumerate(images) if im.frontal]
+        pick = min(frontal, key=current_key)[0] if frontal else 0
+        chosen = dict(study[pick])
+        chosen["selection"] = {
+            "current": chosen["images"][0], "current_view": chosen.get("view") or None,
+            "prior": chosen["images"][1] if chosen["has_prior"] else None, "prior_date": chosen.get("prior_date"),
+            "study_images": len(study), "rule": RULE,
+            **({} if frontal else {"note": "no frontal image in the study: the first image is the current"}),
+        }
+        out.append(chosen)
+    return out
 
 
 def _study_key(value: Any) -> str:
@@ -234,6 +267,7 @@ def write_training_json(records: list[dict[str, Any]], path: Path) -> None:
                 {"from": "human", "value": "<image>\n" + r["prompt"]},
                 {"from": "gpt", "value": r["target"]},
             ],
+            **({"selection": r["selection"]} if r.get("selection") else {}),
         }
         for r in records
     ]
@@ -251,7 +285,10 @@ def write_questions(records: list[dict[str, Any]], path: Path) -> None:
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for r in records:
-            fh.write(dumps({"question_id": r["id"], "image": r["images"], "text": r["prompt"], "reference": r["target"]}))
+            q = {"question_id": r["id"], "image": r["images"], "text": r["prompt"], "reference": r["target"]}
+            if r.get("selection"):
+                q["selection"] = r["selection"]
+            fh.write(dumps(q))
             fh.write("\n")
 
 
