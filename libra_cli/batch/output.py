@@ -100,7 +100,9 @@ class AnswerWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._lock.close()  # releases the flock
+        if not self._lock.closed:
+            lock_path(self.path).unlink(missing_ok=True)  # the next run locks a fresh file (see _lock)
+            self._lock.close()  # releases the flock
 
 
 def lock_path(out: Path) -> Path:
@@ -109,14 +111,20 @@ def lock_path(out: Path) -> Path:
 
 def _lock(out: Path) -> Any:
     """An exclusive lock on ``out`` for this process's lifetime: two runs appending to one file would interleave."""
-    fh = open(lock_path(out), "a+")  # noqa: SIM115 - held until close()
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
+    while True:
+        fh = open(lock_path(out), "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            fh.close()
+            raise InputError(f"another libra batch is writing {out} (lock {lock_path(out)}); wait for it to finish "
+                             "or use another --out") from exc
+        try:  # the holder removes the file when done: a lock on a removed file guards nothing, so take a new one
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock_path(out)).st_ino:
+                return fh
+        except FileNotFoundError:
+            pass
         fh.close()
-        raise InputError(f"another libra batch is writing {out} (lock {lock_path(out)}); wait for it to finish "
-                         "or use another --out") from exc
-    return fh
 
 
 def ordered_answers(items_order: list[str], answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ only wires it to Gradio components.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -48,10 +49,10 @@ class ModelKey:
     load_8bit: bool = False
     compile: bool = False
     jpeg_draft: bool = False
+    revision: str | None = None
 
-    def with_model(self, model: str) -> ModelKey:
-        return ModelKey(model, self.model_base, self.vision_tower, self.conv_mode, self.dtype, self.device,
-                        self.attn, self.load_4bit, self.load_8bit, self.compile, self.jpeg_draft)
+    def with_model(self, model: str, revision: str | None = None) -> ModelKey:
+        return dataclasses.replace(self, model=model, revision=revision)
 
 
 class ModelCache:
@@ -75,9 +76,7 @@ class ModelCache:
             return self._loader(key)
         from libra_cli.checkpoint.load import load_model
 
-        return load_model(key.model, model_base=key.model_base, vision_tower=key.vision_tower, dtype=key.dtype,
-                          device=key.device, attn=key.attn, conv_mode=key.conv_mode, load_4bit=key.load_4bit,
-                          load_8bit=key.load_8bit, compile=key.compile, jpeg_draft=key.jpeg_draft)
+        return load_model(**dataclasses.asdict(key))
 
     def get(self, key: ModelKey) -> tuple[Any, threading.Lock]:
         """The loaded model for ``key`` and its generation lock (loads it on first use)."""
@@ -220,7 +219,10 @@ class Server:
     # -- generation --------------------------------------------------------------------------
 
     def key(self, model: str | None) -> ModelKey:
-        return self.options.load.with_model((model or self.default_model).strip())
+        """The cache key for a model on the page; ``--revision`` pins only the model it was given with."""
+        name = (model or self.default_model).strip()
+        pinned = self.options.models[:1] == [name]
+        return self.options.load.with_model(name, self.options.load.revision if pinned else None)
 
     def preload(self) -> None:
         self.cache.get(self.key(None))
