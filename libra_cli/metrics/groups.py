@@ -159,3 +159,41 @@ def green_group(s: Scorers, refs: Sequence[str], hyps: Sequence[str]) -> GroupOu
     scorer = s._load("green", lambda: GREEN(str(res.paths["StanfordAIMI/GREEN-radllama2-7b"]), output_dir="."))
     mean, _, per, *_ = scorer(refs=list(refs), hyps=list(hyps))
     return _mean("GREEN", np.asarray(per, dtype=np.float64))
+
+
+# groups scored on the raw texts, as the leaderboard / package defines them (the Libra table's
+# metrics see the original's lowercase + clean_text)
+RAW_TEXT_GROUPS = frozenset({"bleu2_rexrank", "bertscore_rexrank", "semb", "radgraph_combined", "radcliq", "chexbert",
+                             "ratescore", "green"})
+MODEL_GROUPS = ("bertscore", "ratescore", "radgraph", "bertscore_rexrank", "semb", "radgraph_combined", "radcliq",
+                "chexbert", "green")
+
+
+def run_group(group: str, s: Scorers, refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str],
+              shared: dict[str, np.ndarray]) -> GroupOutput:
+    """Score one model-based (or ReXrank) group; ``shared`` carries per-pair columns RadCliQ reuses."""
+    if group == "bertscore":
+        return _mean("Bert_score", s.bertscore("original", refs, hyps))
+    if group == "bleu2_rexrank":
+        shared["BLEU2_rexrank"] = bleu2_rexrank(refs, hyps)
+        return _mean("BLEU2_rexrank", shared["BLEU2_rexrank"])
+    if group == "bertscore_rexrank":
+        shared["BERTScore"] = s.bertscore("rexrank", refs, hyps)
+        return _mean("BERTScore", shared["BERTScore"])
+    if group == "semb":
+        shared["SembScore"] = semb(s, refs, hyps)
+        return _mean("SembScore", shared["SembScore"])
+    if group == "radgraph_combined":
+        shared["RadGraph"] = radgraph_combined(s, refs, hyps)
+        return _mean("RadGraph", shared["RadGraph"])
+    if group == "radgraph":
+        return radgraph_group(s, refs, hyps)
+    if group == "chexbert":
+        return chexbert_group(s, refs, hyps)
+    if group == "ratescore":
+        return ratescore_group(s, refs, hyps, ids)
+    if group == "radcliq":
+        return radcliq_group(s, refs, hyps, shared)
+    if group == "green":
+        return green_group(s, refs, hyps)
+    raise ValueError(group)

@@ -25,8 +25,8 @@ class RaTEScorer:
 
     def __init__(self, ner_dir: Path, eval_dir: Path, device: str = "cpu", batch_size: int = 1) -> None:
         with contextlib.redirect_stdout(sys.stderr):
-            from RaTEScore import scorer as pkg_scorer
             from RaTEScore import score as pkg_score
+            from RaTEScore import scorer as pkg_scorer
             from RaTEScore import utils as pkg_utils
         self._score, self._utils = pkg_score, pkg_utils
         self.package = pkg_scorer.RaTEScore(bert_model=str(ner_dir), eval_model=str(eval_dir), use_gpu=False, batch_size=batch_size)

@@ -27,6 +27,12 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
                  "CheXbert_F1_weighted", "CheXbert_F1_14_weighted", "CheXbert_F1_ex", "CheXbert_F1_14_ex"),
     "green": ("GREEN",),
 }
+# what error messages call each group
+LABELS: dict[str, str] = {
+    "bertscore": "BERTScore (original)", "bertscore_rexrank": "BERTScore (ReXrank)", "ratescore": "RaTEScore",
+    "radgraph": "RadGraph F1 (RG_E/RG_ER/RG_ER_bar)", "radgraph_combined": "RadGraph F1 (ReXrank)", "semb": "SembScore",
+    "radcliq": "RadCliQ-v1", "chexbert": "F1CheXbert", "green": "GREEN",
+}
 LEXICAL = ("bleu", "meteor", "rouge", "temporal", "bleu2_rexrank")
 SUITES: dict[str, tuple[str, ...]] = {
     # Libra's results table (BLEU1, BLEU4, METEOR, ROUGE-L, RaTEScore, RG_ER) + what libra eval reported before

@@ -138,7 +138,7 @@ def bleu2_part() -> None:
         return [t for t in str(text).lower().replace(".", " .").split(" ") if t != ""]
 
     out = []
-    for r, h in zip(refs, hyps):
+    for r, h in zip(refs, hyps, strict=False):
         out.append(float(BLEU([prep(r)], {"bigram": (1 / 2.0, 1 / 2.0)}).get_score([prep(h)])["bigram"][0]))
     result["bleu2"] = out
 
@@ -148,7 +148,7 @@ def ratescore_part() -> None:
 
     scorer = RaTEScore(bert_model=str(TINY / "rate-ner"), eval_model=str(TINY / "rate-eval"), use_gpu=False, batch_size=1)
     per = []
-    for r, h in zip(refs, hyps):  # one pair at a time: a batch misaligns after a sentence-less report
+    for r, h in zip(refs, hyps, strict=False):  # one pair at a time: a batch misaligns after a sentence-less report
         try:
             per.append(float(scorer.compute_score([h], [r])[0]))
         except IndexError:
@@ -172,7 +172,7 @@ def radcliq_part() -> None:
     rows = [i for i, v in enumerate(result["semb"]) if v is not None]
     x = np.array([[result[c][i] for c in ("radgraph_combined", "bertscore_rexrank", "semb", "bleu2")] for i in rows])
     out: list = [None] * len(refs)
-    for i, v in zip(rows, model.predict(x)):
+    for i, v in zip(rows, model.predict(x), strict=False):
         out[i] = float(v)
     result["radcliq_v1"] = out
     result["radcliq_cols"] = list(COLS)
