@@ -9,7 +9,8 @@
 The model is read from a local folder (the hub cache snapshot), so the rescale baseline is passed
 by path (bert-score would look it up by the hub name). transformers 5 tokenizers lack
 ``build_inputs_with_special_tokens``, which bert-score calls for an empty report: the adapter gives
-the tokenizer object the transformers-4 method (``libra_cli.metrics.compat``).
+the tokenizer object the transformers-4 method, and RoBERTa's ``encode(..., add_prefix_space=True)``
+(ignored by transformers 5) its transformers-4 meaning (``libra_cli.metrics.compat``).
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ class BertScorer:
                  num_layers: int | None = None) -> None:
         from bert_score import BERTScorer
 
-        from libra_cli.metrics.compat import with_encode_plus
+        from libra_cli.metrics.compat import with_add_prefix_space, with_encode_plus
 
         self.setting = SETTINGS[setting]
         kwargs: dict[str, Any] = {"idf": False, "batch_size": batch_size, "device": device}
         if self.setting.rescale:
             kwargs.update(lang="en", rescale_with_baseline=True, baseline_path=str(baseline_file(self.setting.hub_name)))
         self.scorer = BERTScorer(model_type=str(model_dir), num_layers=num_layers or self.setting.num_layers, **kwargs)
-        self.scorer._tokenizer = with_encode_plus(self.scorer._tokenizer)
+        tok = with_encode_plus(self.scorer._tokenizer)
+        if "roberta" in type(tok).__name__.lower() or "gpt2" in type(tok).__name__.lower():
+            tok = with_add_prefix_space(tok)
+        self.scorer._tokenizer = tok
         self.batch_size = batch_size
 
     def f1(self, references: Sequence[str], predictions: Sequence[str]) -> list[float]:

@@ -49,3 +49,20 @@ def with_encode_plus(tokenizer: Any) -> Any:
     base = type(tokenizer)
     tokenizer.__class__ = type(base.__name__, (base,), missing)
     return tokenizer
+
+
+def _encode_with_prefix_space(self: Any, text: Any, *args: Any, add_prefix_space: bool = False, **kwargs: Any) -> Any:
+    # transformers 4's slow RoBERTa/GPT-2 ``prepare_for_tokenization``: prefix one space unless one is there
+    if add_prefix_space and isinstance(text, str) and len(text) > 0 and not text[0].isspace():
+        text = " " + text
+    return super(type(self), self).encode(text, *args, **kwargs)
+
+
+def with_add_prefix_space(tokenizer: Any) -> Any:
+    """transformers 5 byte-level BPE tokenizers ignore ``encode(..., add_prefix_space=True)`` (bert-score
+    passes it for RoBERTa); give this object the transformers-4 meaning of the argument."""
+    if getattr(tokenizer, "_libra_prefix_space", False):
+        return tokenizer
+    base = type(tokenizer)
+    tokenizer.__class__ = type(base.__name__, (base,), {"encode": _encode_with_prefix_space, "_libra_prefix_space": True})
+    return tokenizer

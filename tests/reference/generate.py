@@ -47,6 +47,7 @@ def main() -> None:
         subprocess.run([args.ref_python, str(HERE / "reference_run.py"), str(tiny), str(pairs), str(args.cxr_report_metric),
                         str(raw)], check=True)
         result = json.loads(raw.read_text())
+    result.pop("radgraph_annotations", None)  # large; the rewards and entity/relation F1 pin them
     result["pairs"] = {"refs": refs, "hyps": hyps}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
