@@ -77,6 +77,17 @@ def _pct(name: str, x: float) -> float:
     return round(x, 4) if name in NOT_PERCENT else round(x * 100, 2)
 
 
+def _has_cuda() -> bool:
+    """A CUDA GPU, checked without importing torch where no NVIDIA driver is loaded at all."""
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _preflight(groups: Sequence[str], explicit: set[str], strict: bool, scorers: Any,
                radgraph_model: str) -> tuple[list[str], dict[str, str]]:
     """Check packages, GPU and local models for every model group before anything loads (fast, offline).
@@ -100,9 +111,7 @@ def _preflight(groups: Sequence[str], explicit: set[str], strict: bool, scorers:
             continue
         try:
             if group == "green":
-                import torch
-
-                if not torch.cuda.is_available():
+                if not _has_cuda():
                     skipped[group] = "GREEN needs a CUDA GPU (a 7B LLM judge); none is available"
                     continue
             for module in packages[group]:
@@ -178,14 +187,6 @@ def make_scorers(*, bertscore_model: str | None = None, radgraph_model: str | No
             raise InputError(f"--bertscore-model {bertscore_model}: not a model folder with config.json; give a local copy "
                              "of distilbert-base-uncased")
         overrides["distilbert-base-uncased"] = folder
-    if device is None:
-        import importlib.util
-
-        device = "cpu"
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
     cache_path = None if cache is False else (cache if isinstance(cache, Path) else libra_cache_dir() / "eval-outputs.sqlite")
     return Scorers(ModelOptions(device=device, batch_size=batch_size, radgraph_model=rg, workers=workers,
                                 cache_path=cache_path, overrides=overrides))

@@ -37,14 +37,15 @@ def require_package(module: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise InputError(f"{what} needs the `{module}` package, which is not installed; run: {INSTALL_HINT}")
+        hint = "pip install --no-deps medspacy==1.3.1 (see docs/eval.md)" if module == "medspacy" else INSTALL_HINT
+        raise InputError(f"{what} needs the `{module}` package, which is not installed; run: {hint}")
 
 
 @dataclass
 class ModelOptions:
     """How scorer models run: device, batch size, RadGraph model type, threads, cache, local overrides."""
 
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when present, decided when the first model loads (torch imports late)
     batch_size: int = 64
     radgraph_model: str = "radgraph-xl"
     workers: int | None = None
@@ -72,10 +73,16 @@ class Scorers:
         self._resolved: dict[str, ResolvedModel] = {}
         self._loaded: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}
-        if options.workers:
+        self._threads_set = False
+
+    @property
+    def device(self) -> str:
+        """The scorer device; importing torch to find a GPU waits until a model actually loads."""
+        if self.options.device is None:
             import torch
 
-            torch.set_num_threads(options.workers)
+            self.options.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self.options.device
 
     def resolved(self, key: str) -> ResolvedModel:
         if key not in self._resolved:
@@ -87,6 +94,11 @@ class Scorers:
         return {k: r.commits for k, r in self._resolved.items()}
 
     def _load(self, key: str, build: Callable[[], Any]) -> Any:
+        if self.options.workers and not self._threads_set:
+            import torch
+
+            torch.set_num_threads(self.options.workers)
+            self._threads_set = True
         if key not in self._loaded:
             t0 = time.perf_counter()
             self._loaded[key] = build()
@@ -109,7 +121,7 @@ class Scorers:
         ns = self.namespace(key, f"radgraph={_pkg_version('radgraph')}")
 
         def run(batch: list[str]) -> list[Any]:
-            model = self._load(key, lambda: rg.RadGraphAnnotator(res.paths["radgraph"], model_type, self.options.device))
+            model = self._load(key, lambda: rg.RadGraphAnnotator(res.paths["radgraph"], model_type, self.device))
             out: list[Any] = []
             for start in range(0, len(batch), self.options.batch_size):
                 out.extend(model.annotate(batch[start:start + self.options.batch_size]))
@@ -130,7 +142,7 @@ class Scorers:
 
         def run(batch: list[str]) -> list[Any]:
             model = self._load("chexbert", lambda: cx.CheXbertModel(
-                res.paths[RRG_SCORERS] / "chexbert.pth", res.paths["bert-base-uncased"], self.options.device, self.options.batch_size))
+                res.paths[RRG_SCORERS] / "chexbert.pth", res.paths["bert-base-uncased"], self.device, self.options.batch_size))
             labels, embeds = model.run(batch)
             return [[lab.tolist(), emb.tolist()] for lab, emb in zip(labels, embeds, strict=True)]
 
@@ -151,7 +163,7 @@ class Scorers:
         ns = self.namespace(key, f"bert-score={_pkg_version('bert-score')}", f"layers={num_layers}")
 
         def run(batch: list[tuple[str, str]]) -> list[float]:
-            scorer = self._load(key, lambda: bs.BertScorer(setting, res.paths[repo], self.options.device,
+            scorer = self._load(key, lambda: bs.BertScorer(setting, res.paths[repo], self.device,
                                                            self.options.batch_size, num_layers))
             return scorer.f1([r for r, _ in batch], [h for _, h in batch])
 
@@ -167,7 +179,7 @@ class Scorers:
         require_package("medspacy", "RaTEScore")
         res = self.resolved("ratescore")
         scorer = self._load("ratescore", lambda: rs.RaTEScorer(
-            res.paths["Angelakeke/RaTE-NER-Deberta"], res.paths["FremyCompany/BioLORD-2023-C"], self.options.device,
+            res.paths["Angelakeke/RaTE-NER-Deberta"], res.paths["FremyCompany/BioLORD-2023-C"], self.device,
             batch_size=1))
         texts = list(refs) + list(hyps)
         ns = self.namespace("ratescore", f"RaTEScore={_pkg_version('RaTEScore')}")
