@@ -1,7 +1,7 @@
 """Lexical metrics equal independent computations (sacrebleu / rouge_score / nltk) to 1e-9.
 
 The corpus is MIMIC-like (``___`` blanks, newlines, hyphens, numbering, unicode, empty and
-unrelated predictions) from ``libra_cli.metrics.synthetic``; the references below are computed
+unrelated predictions) from ``libra_cli.testing.reports``; the references below are computed
 the way HF evaluate did, one library call per metric.
 """
 

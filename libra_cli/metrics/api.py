@@ -326,3 +326,19 @@ def compare_reports(
         },
         "n_samples": n_samples,
     }
+
+
+def check_selection(metrics: str | Iterable[str] | None, best: str | None = None, *, radgraph_model: str | None = None,
+                    scorers: Any = None) -> Any:
+    """Validate a metric selection before a long job (training): names, ``best`` among its outputs, and
+    every scorer package and model present locally (no network, nothing loaded). Returns the scorers."""
+    from libra_cli.metrics.registry import LOWER_IS_BETTER  # noqa: F401 - re-exported for callers deciding direction
+
+    groups = parse_metrics(metrics)
+    names = [n for g in groups for n in METRIC_GROUPS[g]]
+    if best is not None and best.lower() not in ("loss", "eval_loss") and best not in names:
+        raise InputError(f"metric_for_best_model {best!r} is not produced by eval_metrics {metrics!r} "
+                         f"(they give {', '.join(names)}); change one of them")
+    scorers = scorers or make_scorers(radgraph_model=radgraph_model)
+    _preflight(groups, set(groups), True, scorers, scorers.options.radgraph_model)
+    return scorers
