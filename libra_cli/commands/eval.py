@@ -57,7 +57,7 @@ def eval_cmd(
     bertscore_model: Annotated[str | None, typer.Option("--bertscore-model", help="Local folder of distilbert-base-uncased for the original BERTScore (default: the HF cache).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Device for scorer models (cpu, cuda; default: cuda when present).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for scorer models.", min=1)] = 64,
-    workers: Annotated[int | None, typer.Option("--workers", help="CPU threads for scorer models (default: torch's).", min=1)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="CPU workers: METEOR processes and scorer-model threads (default: every core for large inputs).", min=1)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the per-report scorer-output cache.")] = False,
 ) -> None:
     from libra_cli.metrics import api

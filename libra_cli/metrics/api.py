@@ -50,7 +50,7 @@ def metric_versions(groups: Iterable[str] = tuple(METRIC_GROUPS)) -> dict[str, s
 
 
 def _lexical(group: str, refs: Sequence[str], preds: Sequence[str], rouge_seed: int | None, meteor: Any,
-             values: dict[str, float], samples: SampleScores) -> None:
+             values: dict[str, float], samples: SampleScores, workers: int | None = None) -> None:
     """The original's lexical metrics (exact, fast; ``libra_cli.metrics.lexical``)."""
     from libra_cli.metrics import lexical
 
@@ -60,7 +60,7 @@ def _lexical(group: str, refs: Sequence[str], preds: Sequence[str], rouge_seed: 
             values[f"BLEU{order}"] = value
         samples.bleu, samples.bleu_names = stats, list(METRIC_GROUPS["bleu"])
     elif group == "meteor":
-        per = np.array(lexical.meteor_scores(refs, preds, meteor), dtype=np.float64)
+        per = np.array(lexical.meteor_scores(refs, preds, meteor, workers), dtype=np.float64)
         values["METEOR"] = float(np.mean(per))
         samples.means["METEOR"] = per
     elif group == "rouge":
@@ -225,7 +225,8 @@ def _evaluate(
     for group in groups:
         g0 = time.perf_counter()
         if group in LEXICAL and group != "bleu2_rexrank":
-            _lexical(group, refs, preds, seed if rouge_bootstrap else None, meteor, values, samples)
+            _lexical(group, refs, preds, seed if rouge_bootstrap else None, meteor, values, samples,
+                     scorers.options.workers)
         else:
             r, p = (raw_refs, raw_preds) if group in RAW_TEXT_GROUPS else (refs, preds)
             out = run_group(group, scorers, r, p, ids, shared)
