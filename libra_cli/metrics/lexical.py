@@ -379,6 +379,14 @@ def load_wordnet() -> Any:
 _FORKED: Meteor | None = None  # the scorer a forked worker inherits (set just before the pool starts)
 
 
+def _reopen_wordnet() -> None:
+    """Pool initializer: a forked worker must not share WordNet's open data files (and their seek
+    positions) with its siblings; NLTK reopens them on demand when its file map is empty."""
+    assert _FORKED is not None
+    if _FORKED._wordnet is not None and hasattr(_FORKED._wordnet, "_data_file_map"):
+        _FORKED._wordnet._data_file_map = {}
+
+
 def _meteor_chunk(pairs: list[tuple[str, str]]) -> list[float]:
     assert _FORKED is not None
     return [_FORKED.score(r, p) for r, p in pairs]
@@ -416,7 +424,7 @@ def meteor_scores(references: Sequence[str], predictions: Sequence[str], meteor:
     chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
     _FORKED = m
     try:
-        with multiprocessing.get_context("fork").Pool(procs) as pool:
+        with multiprocessing.get_context("fork").Pool(procs, initializer=_reopen_wordnet) as pool:
             parts = pool.map(_meteor_chunk, chunks)
     finally:
         _FORKED = None
