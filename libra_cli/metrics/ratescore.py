@@ -39,7 +39,8 @@ class RaTEScorer:
 
     def has_sentence(self, text: str) -> bool:
         """Whether medspacy finds a sentence the package keeps (>= 1 word, >= 3 characters)."""
-        return bool(self._utils.sentence_split([text])[0])
+        with contextlib.redirect_stdout(sys.stderr):  # PyRuSH 1.0.13 prints its tokens on stdout
+            return bool(self._utils.sentence_split([text])[0])
 
     def entities(self, texts: Sequence[str]) -> list[Entities | None]:
         """Per report: its (entity, type) list, or None when it has no sentence (not scorable)."""
@@ -47,7 +48,9 @@ class RaTEScorer:
         keep = [i for i, t in enumerate(texts) if self.has_sentence(t)]
         out: list[Entities | None] = [None] * len(texts)
         if keep:
-            pairs = self._score.run_ner([texts[i] for i in keep], p.idx2label, p.tokenizer, p.model, p.device, p.batch_size)
+            with contextlib.redirect_stdout(sys.stderr):
+                pairs = self._score.run_ner([texts[i] for i in keep], p.idx2label, p.tokenizer, p.model, p.device,
+                                            p.batch_size)
             for i, ents in zip(keep, pairs, strict=True):
                 out[i] = [tuple(e) for e in ents]  # type: ignore[misc]
         return out

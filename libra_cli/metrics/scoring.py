@@ -37,7 +37,7 @@ def require_package(module: str, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        hint = "pip install --no-deps medspacy==1.3.1 (see docs/eval.md)" if module == "medspacy" else INSTALL_HINT
+        hint = "pip install --no-deps medspacy==1.3.1 PyRuSH==1.0.13 (see docs/eval.md)" if module == "medspacy" else INSTALL_HINT
         raise InputError(f"{what} needs the `{module}` package, which is not installed; run: {hint}")
 
 
@@ -197,7 +197,7 @@ def versions_for(groups: Sequence[str]) -> dict[str, str]:
     needs = {
         "bertscore": ["bert-score"], "bertscore_rexrank": ["bert-score"], "radgraph": ["radgraph"],
         "radgraph_combined": ["radgraph"], "chexbert": ["f1chexbert", "scikit-learn"], "semb": ["f1chexbert"],
-        "ratescore": ["RaTEScore", "medspacy", "spacy"], "radcliq": ["radgraph", "bert-score", "f1chexbert"],
+        "ratescore": ["RaTEScore", "medspacy", "PyRuSH", "spacy"], "radcliq": ["radgraph", "bert-score", "f1chexbert"],
         "green": ["RadEval"],
     }
     pkgs = sorted({p for g in groups for p in needs.get(g, [])})
