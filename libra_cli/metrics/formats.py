@@ -65,10 +65,12 @@ def render(result: dict[str, Any], model_name: str, fmt: str = "libra") -> None:
     console.print(
         f"[dim]{result['n']} pairs in {result['seconds']:.2f} s ({result['n'] / max(result['seconds'], 1e-9):,.0f} pairs/s; "
         f"{timings}); cleaning {'on' if s['clean'] else 'off'}; ROUGE-L {s['rouge_l']}[/]", highlight=False)
+    from rich.markup import escape
+
     for note in result.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}", highlight=False, markup=True)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for group, reason in result.get("skipped", {}).items():
-        console.print(f"[yellow]skipped {group}:[/] {reason}", highlight=False)
+        console.print(f"[yellow]skipped {group}:[/] {escape(reason)}", highlight=False)
     console.print(f"[dim]{_versions_line(result['versions'])}[/]", highlight=False)
 
 
@@ -96,8 +98,10 @@ def render_compare(result: dict[str, Any], name_a: str, name_b: str) -> None:
             f"{t['ci_low']:+.2f} – {t['ci_high']:+.2f}", f"{t['p_value']:.4f}", style=style,
         )
     console.print(table)
+    from rich.markup import escape
+
     for group, reason in a.get("skipped", {}).items():
-        console.print(f"[yellow]skipped {group}:[/] {reason}", highlight=False)
+        console.print(f"[yellow]skipped {group}:[/] {escape(reason)}", highlight=False)
     console.print(f"[dim]{_versions_line(a['versions'])}[/]", highlight=False)
 
 
