@@ -29,6 +29,12 @@ class RaTEScorer:
             from RaTEScore import scorer as pkg_scorer
             from RaTEScore import utils as pkg_utils
         self._score, self._utils = pkg_score, pkg_utils
+        try:  # PyRuSH 1.0.13 logs every token at DEBUG through loguru (enabled on its import): only its records
+            from loguru import logger
+
+            logger.disable("PyRuSH")
+        except ImportError:
+            pass
         self.package = pkg_scorer.RaTEScore(bert_model=str(ner_dir), eval_model=str(eval_dir), use_gpu=False, batch_size=batch_size)
         if device != "cpu":
             import torch
