@@ -1,7 +1,7 @@
 """Lexical metrics equal independent computations (sacrebleu / rouge_score / nltk) to 1e-9.
 
 The corpus is MIMIC-like (``___`` blanks, newlines, hyphens, numbering, unicode, empty and
-unrelated predictions) from ``libra_cli.metrics.synthetic``; the references below are computed
+unrelated predictions) from ``libra_cli.testing.reports``; the references below are computed
 the way HF evaluate did, one library call per metric.
 """
 
@@ -237,3 +237,12 @@ def test_evaluate_reports_rejects_bad_input() -> None:
         evaluate_reports([], [])
     with pytest.raises(InputError, match="unknown metric 'blue'"):
         evaluate_reports(["a"], ["a"], "blue")
+
+
+def test_meteor_in_forked_workers_equals_one_process() -> None:
+    from libra_cli.metrics import lexical
+    from libra_cli.testing.reports import make_pairs
+
+    refs, preds = make_pairs(120, seed=3)
+    m = lexical.Meteor()
+    assert lexical.meteor_scores(refs, preds, m, workers=2) == lexical.meteor_scores(refs, preds, m, workers=1)

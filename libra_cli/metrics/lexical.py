@@ -376,7 +376,56 @@ def load_wordnet() -> Any:
     return reader
 
 
-def meteor_scores(references: Sequence[str], predictions: Sequence[str], meteor: Meteor | None = None) -> list[float]:
-    """Per-pair METEOR (evaluate reports their mean)."""
+_FORKED: Meteor | None = None  # the scorer a forked worker inherits (set just before the pool starts)
+
+
+def _reopen_wordnet() -> None:
+    """Pool initializer: a forked worker must not share WordNet's open data files (and their seek
+    positions) with its siblings; NLTK reopens them on demand when its file map is empty."""
+    assert _FORKED is not None
+    if _FORKED._wordnet is not None and hasattr(_FORKED._wordnet, "_data_file_map"):
+        _FORKED._wordnet._data_file_map = {}
+
+
+def _meteor_chunk(pairs: list[tuple[str, str]]) -> list[float]:
+    assert _FORKED is not None
+    return [_FORKED.score(r, p) for r, p in pairs]
+
+
+def meteor_workers(n_pairs: int, workers: int | None) -> int:
+    """Processes for METEOR: ``workers`` if given, else every core for large inputs when forking is safe
+    (no torch loaded: forking after its thread pools start can hang)."""
+    import sys
+
+    if workers is not None:
+        return max(1, workers)
+    if n_pairs < 400 or "torch" in sys.modules or not hasattr(os, "fork"):
+        return 1
+    return min(os.cpu_count() or 1, 8)
+
+
+def meteor_scores(references: Sequence[str], predictions: Sequence[str], meteor: Meteor | None = None,
+                  workers: int | None = None) -> list[float]:
+    """Per-pair METEOR (evaluate reports their mean); several forked processes for large inputs.
+
+    WordNet is loaded before forking, so every worker shares the one copy (copy-on-write) and the
+    parent's caches; results are the same as one process (each pair is scored independently).
+    """
+    global _FORKED
     m = meteor or Meteor()
-    return [m.score(r, p) for r, p in zip(references, predictions, strict=False)]
+    pairs = list(zip(references, predictions, strict=False))
+    procs = meteor_workers(len(pairs), workers)
+    if procs <= 1:
+        return [m.score(r, p) for r, p in pairs]
+    import multiprocessing
+
+    m.wordnet  # noqa: B018 - load once in the parent, shared by the forked workers
+    size = -(-len(pairs) // (procs * 4))
+    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    _FORKED = m
+    try:
+        with multiprocessing.get_context("fork").Pool(procs, initializer=_reopen_wordnet) as pool:
+            parts = pool.map(_meteor_chunk, chunks)
+    finally:
+        _FORKED = None
+    return [x for part in parts for x in part]

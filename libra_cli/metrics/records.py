@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,15 @@ from typing import Any
 from libra_cli.errors import InputError
 
 # the original's order for the reference text; a prediction file's text is normally ``text``
-REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression", "text")
-PREDICTION_KEYS: tuple[str, ...] = ("prediction", "text", "answer", "findings", "impression")
-# in one file holding both, the reference must come from a field other than the prediction's
-COMBINED_REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression")
-COMBINED_PREDICTION_KEYS: tuple[str, ...] = ("prediction", "text", "answer")
-ID_KEYS: tuple[str, ...] = ("question_id", "id")
+# (``report``: ReXrank's test-set JSON; ``model_prediction``: a ReXrank submission)
+REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression", "report", "text")
+PREDICTION_KEYS: tuple[str, ...] = ("prediction", "model_prediction", "text", "answer", "findings", "impression")
+# in one file holding both, the reference must come from a field other than the prediction's;
+# ``libra batch`` output keeps it in ``metadata.reference``
+COMBINED_REFERENCE_KEYS: tuple[str, ...] = ("reference", "findings", "impression", "report")
+COMBINED_PREDICTION_KEYS: tuple[str, ...] = ("prediction", "model_prediction", "text", "answer")
+REXRANK_SECTIONS = ("section_findings", "section_impression")
+ID_KEYS: tuple[str, ...] = ("question_id", "id", "study_id")
 
 
 @dataclass
@@ -65,6 +69,8 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not rows:
             raise InputError(f"{path} has a header but no rows")
         return rows
+    if suffix == ".json" and text.lstrip().startswith("{"):
+        return _json_object_records(path, text)
     from libra_cli.jsonio import iter_records
 
     records = []
@@ -77,6 +83,58 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not records:
         raise InputError(f"{path} holds no records; it needs one JSON object per line")
     return records
+
+
+def _json_object_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """A JSON object keyed by study id (ReXrank): ``{id: report}`` or ``{id: {fields}}``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file") from exc
+    out = []
+    for i, (key, value) in enumerate(data.items()):
+        if isinstance(value, dict):
+            out.append((i + 1, {"question_id": key, **value}))
+        elif isinstance(value, str) or value is None:
+            out.append((i + 1, {"question_id": key, "text": value or ""}))
+        else:
+            raise InputError(f"{path}: the value of {key!r} is neither a report string nor an object; "
+                             "expected {study_id: report} or ReXrank's {study_id: {model_prediction, ...}}")
+    if not out:
+        raise InputError(f"{path} is an empty JSON object; it needs study ids mapped to reports")
+    return out
+
+
+def _rexrank_reference(rec: dict[str, Any]) -> str | None:
+    """ReXrank's ground truth: ``f"Findings: {findings} Impression: {impression}"`` (missing -> None)."""
+    if not any(k in rec for k in REXRANK_SECTIONS):
+        return None
+    parts = []
+    for key in REXRANK_SECTIONS:
+        value = rec.get(key)
+        if isinstance(value, float) and value != value:  # NaN, as pandas reads a missing section
+            value = None
+        parts.append(value)
+    return f"Findings: {parts[0]} Impression: {parts[1]}"
+
+
+def _reference_of(rec: dict[str, Any], keys: Sequence[str], path: Path, lineno: int) -> str:
+    """The reference text: the usual fields, ReXrank's sections, or ``libra batch``'s metadata.reference."""
+    if "model_prediction" in rec:  # a ReXrank submission: the ground truth is built from its sections
+        rex = _rexrank_reference(rec)
+        if rex is not None:
+            return rex
+    for key in keys:
+        if key in rec and rec[key] is not None:
+            return _pick(rec, keys, path, lineno, "reference")
+    rex = _rexrank_reference(rec)
+    if rex is not None:
+        return rex
+    meta = rec.get("metadata")
+    if isinstance(meta, dict) and meta.get("reference") is not None:
+        return str(meta["reference"])
+    raise InputError(f"{path}:{lineno}: no reference text (looked for {', '.join(keys)}, ReXrank's section_findings/"
+                     "section_impression and libra batch's metadata.reference); add one of these fields")
 
 
 def _pick(rec: dict[str, Any], keys: Sequence[str], path: Path, lineno: int, what: str) -> str:
@@ -103,7 +161,10 @@ def _index(path: Path, keys: Sequence[str], what: str) -> dict[str, str]:
         qid = _id_of(rec, path, lineno)
         if qid in out:
             dups.append(qid)
-        out[qid] = _pick(rec, keys, path, lineno, what)
+        if what == "reference":
+            out[qid] = _reference_of(rec, keys, path, lineno)
+        else:
+            out[qid] = _pick(rec, keys, path, lineno, what)
     if dups:
         raise InputError(
             f"{path}: {len(dups)} duplicate question_id(s) ({_first_few(dups)}); each id must appear once"
@@ -126,7 +187,7 @@ def load_pairs(references: Path, predictions: Path | None = None, allow_missing:
             if qid in seen:
                 dups.append(qid)
             seen.add(qid)
-            refs[qid] = _pick(rec, COMBINED_REFERENCE_KEYS, references, lineno, "reference")
+            refs[qid] = _reference_of(rec, COMBINED_REFERENCE_KEYS, references, lineno)
             preds[qid] = _pick(rec, COMBINED_PREDICTION_KEYS, references, lineno, "prediction")
         if dups:
             raise InputError(f"{references}: {len(dups)} duplicate question_id(s) ({_first_few(dups)}); each id must appear once")
@@ -192,3 +253,11 @@ def align_for_compare(a: Pairs, b: Pairs, name_a: str, name_b: str, allow_missin
     refs = dict(zip(a.ids, a.references, strict=True))
     return (Pairs(keep, [refs[i] for i in keep], [a_pred[i] for i in keep]),
             Pairs(keep, [refs[i] for i in keep], [b_pred[i] for i in keep]))
+
+
+def write_per_sample(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-pair scores as JSONL, written atomically (a rerun never leaves half a file)."""
+    from libra_cli.atomic import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

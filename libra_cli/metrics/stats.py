@@ -6,7 +6,7 @@ exactly from summed n-gram statistics and mean metrics from weighted means: no m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,15 +18,18 @@ BLEU_ORDERS = {"BLEU1": 1, "BLEU2": 2, "BLEU3": 3, "BLEU4": 4}
 
 @dataclass
 class SampleScores:
-    """What resampling needs: per-pair values of mean metrics and BLEU's per-pair statistics."""
+    """What resampling needs: per-pair values of mean metrics, BLEU's per-pair statistics, and for
+    other corpus statistics (CheXbert micro/macro F1, 1/RadCliQ-v1) per-pair count columns plus the
+    function that turns weighted column sums into the metric."""
 
     n: int
     means: dict[str, np.ndarray] = field(default_factory=dict)
     bleu: BleuStats | None = None
     bleu_names: list[str] = field(default_factory=list)
+    corpus: dict[str, tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
 
     def names(self) -> list[str]:
-        return [*self.bleu_names, *self.means]
+        return [*self.bleu_names, *self.means, *self.corpus]
 
 
 def resample_counts(n: int, n_samples: int, seed: int, chunk_elems: int = 20_000_000) -> Iterator[np.ndarray]:
@@ -65,6 +68,8 @@ def resampled_values(scores: SampleScores, w: np.ndarray) -> dict[str, np.ndarra
     total = w.sum(axis=1)
     for name, values in scores.means.items():
         out[name] = (w @ values) / total
+    for name, (stats, fn) in scores.corpus.items():
+        out[name] = fn(w @ stats)
     return out
 
 

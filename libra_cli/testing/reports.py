@@ -119,3 +119,34 @@ def make_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
             rng.shuffle(pred) if rng.random() < 0.2 else None
             preds.append(_join(pred, rng))
     return refs, preds
+
+
+# cases where the field's packages misbehave: empty, whitespace-only, sentence-less, de-id only,
+# negations, over-long (> 512 word pieces)
+EDGE_CASES: tuple[tuple[str, str], ...] = (
+    ("No pleural effusion.", ""),
+    ("", "No pleural effusion."),
+    ("", ""),
+    ("Heart size is normal.", "   \n\t "),
+    ("  \n", "The lungs are clear."),
+    ("The lungs are clear.", "ok"),
+    ("No pneumothorax.", "."),
+    ("___", "___"),
+    ("Comparison: ___. No acute process.", "Compared to ___, no acute process."),
+    ("There is no pleural effusion or pneumothorax.", "There is a pleural effusion and a pneumothorax."),
+    ("No focal consolidation is seen.", "Focal consolidation is seen."),
+    ("Cardiomegaly is not present.", "Cardiomegaly is present."),
+    ("Possible mild pulmonary edema.", "No pulmonary edema."),
+    ("Support devices are unchanged.", "Support devices removed."),
+)
+
+
+def scorer_pairs(n: int = 200, seed: int = 0) -> tuple[list[str], list[str]]:
+    """At least ``n`` pairs for model-metric equality tests: :data:`EDGE_CASES`, two very long
+    reports (well over 512 word pieces), then :func:`make_pairs` to fill up."""
+    long_ref = " ".join(_SENTENCES * 2)
+    long_pred = " ".join(reversed(_SENTENCES * 2))
+    refs = [r for r, _ in EDGE_CASES] + [long_ref, long_ref[:1500]]
+    preds = [p for _, p in EDGE_CASES] + [long_pred, "No acute cardiopulmonary process."]
+    more_refs, more_preds = make_pairs(max(0, n - len(refs)), seed=seed)
+    return refs + more_refs, preds + more_preds

@@ -80,7 +80,8 @@ class Recipe:
     eval_subset: int = 64
     eval_max_new_tokens: int = 256
     eval_num_beams: int = 1
-    eval_metrics: str = "bleu,rouge,temporal"
+    eval_metrics: str = "bleu,rouge,temporal"  # any `libra eval --metrics` list (radgraph, ratescore, radcliq, ...)
+    eval_radgraph_model: str = "radgraph-xl"  # RadGraph model for RG_E / RG_ER / RG_ER_bar in validation
     metric_for_best_model: str | None = "BLEU4"  # keep the best checkpoint in best/ (None: off)
     report_to: str = "none"  # none | all | comma list: tensorboard, wandb, mlflow, trackio, ... (LOGGER_PACKAGES)
     distributed: str = "none"  # none | ddp | zero2 | zero3 | fsdp (presets: libra recipes list)
@@ -122,6 +123,12 @@ class Recipe:
             bad("lora_r must be >= 1 and lora_alpha > 0")
         if self.bf16 and self.fp16:
             bad("bf16 and fp16 are both on; choose one")
+        from libra_cli.metrics.registry import METRIC_GROUPS, parse_metrics
+
+        produced = [n for g in parse_metrics(self.eval_metrics) for n in METRIC_GROUPS[g]]
+        best = self.metric_for_best_model
+        if best and best.lower() not in ("loss", "eval_loss") and best not in produced:
+            bad(f"metric_for_best_model {best!r} is not among what eval_metrics gives ({', '.join(produced)})")
         import importlib.util
 
         for logger in self.loggers():

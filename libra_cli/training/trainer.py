@@ -48,6 +48,12 @@ def _trainer_cls() -> type:
             self._tokens = 0
             self._t0 = None
             self._meteor = None
+            self._scorers = None
+            if recipe.eval_steps and recipe.eval_generate:  # names and scorer models checked now, not at validation
+                from libra_cli.metrics.api import check_selection
+
+                self._scorers = check_selection(recipe.eval_metrics, recipe.metric_for_best_model,
+                                                radgraph_model=recipe.eval_radgraph_model)
 
         # ---- data
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -289,7 +295,7 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     best = recipe.metric_for_best_model if evaluating else None
     if best and not recipe.eval_generate:
         best = "loss"
-    higher = best is not None and best.lower() not in ("loss", "eval_loss")
+    higher = best is not None and best.lower() not in ("loss", "eval_loss") and best not in ("RadCliQ-v1",)
     report_to = "all" if recipe.report_to.strip() == "all" else recipe.loggers()
     _recipe_mixed_precision(recipe)
     args = _training_args(recipe, evaluating, best, higher, report_to)

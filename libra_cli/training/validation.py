@@ -59,7 +59,9 @@ def generation_scores(trainer: Any, records: list[dict]) -> dict[str, float]:
     from libra_cli.metrics import evaluate_reports
 
     preds, refs = validation_reports(trainer.built, trainer.recipe, records)
-    res = evaluate_reports(refs, preds, metrics=trainer.recipe.eval_metrics, meteor=trainer._meteor)
+    # scorer models (RadGraph, RaTEScore, ...) load once and stay loaded across validations
+    res = evaluate_reports(refs, preds, metrics=trainer.recipe.eval_metrics, meteor=trainer._meteor, strict=True,
+                           scorers=getattr(trainer, "_scorers", None))
     return {k: float(v) for k, v in res["scores"].items()}
 
 

@@ -1,0 +1,154 @@
+"""CheXbert through the ``f1chexbert`` package (0.0.2): labels for F1CheXbert and CLS embeddings for
+SembScore from ONE forward pass per report.
+
+The package's own pieces are used: ``bert_labeler`` (the model), ``tokenize`` (text cleaning,
+512-token cut), the "rrg" label mapping of ``F1CheXbert.get_label`` and scikit-learn's
+``classification_report`` exactly as ``F1CheXbert.forward`` calls it. The adapter fixes:
+
+- transformers 5 has no ``encode_plus`` (``libra_cli.metrics.compat.with_encode_plus``);
+- scikit-learn >= 1.6: ``forward`` unpacks ``_check_targets`` into 3 values (it returns 4) only to
+  compute an accuracy libra does not report, so ``forward`` is not called;
+- the checkpoint and ``bert-base-uncased`` are read from local paths (the package downloads both).
+
+SembScore (CXR-Report-Metric, ReXrank) is the cosine of the same model's final-layer CLS vectors
+(``bert_encoder(logits=False)`` in CXR-Report-Metric's ``encode.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGET_NAMES: tuple[str, ...] = (
+    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
+    "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices", "No Finding",
+)
+TARGET_NAMES_5: tuple[str, ...] = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+INDEX_5 = np.where(np.isin(TARGET_NAMES, TARGET_NAMES_5))[0]
+
+
+def rrg_labels(classes: Sequence[int]) -> list[int]:
+    """``F1CheXbert.get_label(mode="rrg")``: blank/negative -> 0, positive/uncertain -> 1 (head 14: yes -> 1)."""
+    v: list[Any] = []
+    for c in classes:
+        if c == 0:
+            v.append("")
+        if c == 3:
+            v.append(1)
+        if c == 2:
+            v.append(0)
+        if c == 1:
+            v.append(1)
+    return [1 if (isinstance(x, int) and x > 0) else 0 for x in v]
+
+
+class CheXbertModel:
+    """The CheXbert labeller, loaded once; ``run(texts)`` -> (labels [n,14] int, CLS embeddings [n,H] float32)."""
+
+    def __init__(self, checkpoint: Path, bert_dir: Path, device: str = "cpu", batch_size: int = 64) -> None:
+        import torch
+        from transformers import BertTokenizer
+
+        from libra_cli.metrics.compat import with_encode_plus
+
+        with contextlib.redirect_stdout(sys.stderr):
+            from f1chexbert import f1chexbert as pkg
+        self._pkg = pkg
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.tokenizer = with_encode_plus(BertTokenizer.from_pretrained(str(bert_dir)))
+        self.model = pkg.bert_labeler(pretrain_path=str(bert_dir))
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_state_dict"]
+        self.model.load_state_dict({k.replace("module.", ""): v for k, v in state.items()}, strict=False)
+        self.model = self.model.to(self.device).eval()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids as the package's ``tokenize`` makes them (strip, newlines, whitespace runs, 512 cut)."""
+        import pandas as pd
+
+        return self._pkg.tokenize(pd.Series([t.strip() for t in texts], dtype=object), self.tokenizer)
+
+    def run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and CLS vectors, batched by length (padding masked, as the package's own batches)."""
+        import torch
+
+        n = len(texts)
+        ids = self.encode(texts)
+        order = sorted(range(n), key=lambda i: len(ids[i]))
+        labels = np.zeros((n, len(TARGET_NAMES)), dtype=np.int64)
+        hidden = self.model.bert.config.hidden_size
+        embeds = np.zeros((n, hidden), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                lengths = [len(ids[i]) for i in idx]
+                batch = torch.zeros(len(idx), max(lengths), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    batch[row, : lengths[row]] = torch.tensor(ids[i])
+                mask = self._pkg.generate_attention_masks(batch, lengths, self.device)
+                cls = self.model.bert(batch.to(self.device), attention_mask=mask)[0][:, 0, :]
+                heads = [head(cls).argmax(dim=1).cpu().numpy() for head in self.model.linear_heads]
+                cls_np = cls.float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    labels[i] = rrg_labels([int(h[row]) for h in heads])
+                    embeds[i] = cls_np[row]
+        return labels, embeds
+
+
+def classification_reports(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(14-class, 5-class) ``classification_report(..., output_dict=True)`` as ``F1CheXbert.forward`` calls them."""
+    import warnings
+
+    from sklearn.metrics import classification_report
+
+    refs = [list(r) for r in ref_labels.tolist()]
+    hyps = [list(h) for h in hyp_labels.tolist()]
+    refs5 = [np.array(r)[INDEX_5] for r in refs]
+    hyps5 = [np.array(h)[INDEX_5] for h in hyps]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cr = classification_report(refs, hyps, target_names=list(TARGET_NAMES), output_dict=True)
+        cr5 = classification_report(refs5, hyps5, target_names=list(TARGET_NAMES_5), output_dict=True)
+    return cr, cr5
+
+
+def f1_from_counts(counts: np.ndarray, kind: str) -> np.ndarray:
+    """micro/macro/weighted F1 from summed per-class (TP, FP, FN) counts, shape (rows, classes, 3), sklearn's rules
+    (an undefined class F1 is 0), so bootstrap resamples recompute the corpus value exactly."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    if kind == "micro":
+        tp, fp, fn = tp.sum(axis=-1), fp.sum(axis=-1), fn.sum(axis=-1)
+        den = 2 * tp + fp + fn
+        return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+    den = 2 * tp + fp + fn
+    per_class = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+    if kind == "macro":
+        return per_class.mean(axis=-1)
+    support = tp + fn  # weighted: by each class's number of true labels
+    total = support.sum(axis=-1)
+    return np.where(total > 0, (per_class * support).sum(axis=-1) / np.where(total > 0, total, 1), 0.0)
+
+
+def pair_counts(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> np.ndarray:
+    """Per pair, per class (TP, FP, FN): shape (n, classes, 3)."""
+    r, h = ref_labels.astype(bool), hyp_labels.astype(bool)
+    return np.stack([(r & h), (~r & h), (r & ~h)], axis=-1).astype(np.float64)
+
+
+def example_f1(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> np.ndarray:
+    """Per-pair F1 of the label sets (sklearn's ``samples`` average; 0 where both sets are empty)."""
+    r, h = ref_labels.astype(bool), hyp_labels.astype(bool)
+    tp = (r & h).sum(axis=1)
+    den = r.sum(axis=1) + h.sum(axis=1)
+    return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+
+
+def semb_scores(ref_embeds: np.ndarray, hyp_embeds: np.ndarray) -> np.ndarray:
+    """CXR-Report-Metric's ``add_semb_col``: cosine of the two CLS vectors, per pair."""
+    dot = (ref_embeds * hyp_embeds).sum(axis=1)
+    return dot / (np.linalg.norm(ref_embeds, axis=1) * np.linalg.norm(hyp_embeds, axis=1))

@@ -1,0 +1,264 @@
+"""Tiny random scorer models in each scorer's own on-disk format, for offline equality tests.
+
+The real scorer weights (RadGraph, CheXbert, BERTScore's distilroberta, RaTE-NER, BioLORD) cannot be
+downloaded in CI; these builders write seeded random models with the same file layout, so the
+field's reference packages and libra's adapters can be run side by side on them. Nothing here is
+used to score real reports.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+RADGRAPH_ENTITY_LABELS = ("ANAT-DP", "OBS-DP", "OBS-U", "OBS-DA")
+RADGRAPH_RELATION_LABELS = ("suggestive_of", "located_at", "modify")
+RATE_TYPES = ("ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY")
+
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:()-_/%'\"!?<>=+")
+
+
+def _words(corpus: Iterable[str], limit: int) -> list[str]:
+    """Most frequent lowercase alphabetic words of ``corpus`` (ties by first appearance)."""
+    import re
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(re.findall(r"[a-z]+", text.lower()))
+    return [w for w, _ in counts.most_common(limit) if len(w) > 1]
+
+
+def wordpiece_vocab(corpus: Iterable[str], size: int = 400) -> list[str]:
+    """A WordPiece vocabulary: specials, single characters, ``##`` continuations, frequent words."""
+    vocab = list(_SPECIAL) + _CHARS + ["##" + c for c in _CHARS if c.isalnum()]
+    seen = set(vocab)
+    for w in _words(corpus, size):
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    return vocab
+
+
+def build_bert(
+    out: Path, vocab: Sequence[str], seed: int, *, hidden: int = 32, layers: int = 2, heads: int = 2,
+    id2label: dict[int, str] | None = None, max_position: int = 512,
+) -> Path:
+    """A tiny ``bert`` folder (config, vocab.txt, tokenizer_config, safetensors); token classifier if ``id2label``."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer", "model_max_length": 512}), encoding="utf-8"
+    )
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}),
+        encoding="utf-8",
+    )
+    kw: dict[str, Any] = {}
+    if id2label is not None:
+        kw = {"id2label": {int(k): v for k, v in id2label.items()}, "label2id": {v: int(k) for k, v in id2label.items()}}
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=hidden * 2, max_position_embeddings=max_position, **kw,
+    )
+    torch.manual_seed(seed)
+    model = BertForTokenClassification(config) if id2label is not None else BertModel(config)
+    model.eval()
+    model.save_pretrained(out)
+    return out
+
+
+def build_roberta(out: Path, corpus: Sequence[str], seed: int, *, hidden: int = 32, layers: int = 6, heads: int = 2) -> Path:
+    """A tiny RoBERTa (byte-level BPE trained on ``corpus``), the layout of ``distilroberta-base``."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus), vocab_size=600, min_frequency=2,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(out))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "RobertaTokenizer", "model_max_length": 512}), encoding="utf-8"
+    )
+    vocab_size = len(json.loads((out / "vocab.json").read_text(encoding="utf-8")))
+    config = RobertaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=hidden * 2, max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        type_vocab_size=1,
+    )
+    torch.manual_seed(seed)
+    RobertaModel(config, add_pooling_layer=False).eval().save_pretrained(out)
+    return out
+
+
+def build_chexbert(out_pth: Path, bert_dir: Path, seed: int) -> Path:
+    """``chexbert.pth`` as f1chexbert loads it: ``{"model_state_dict": {"module.bert.*", "module.linear_heads.N.*"}}``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(bert_dir)
+    config.initializer_range = 0.5  # peaked attention: the CLS vector then differs between reports
+    torch.manual_seed(seed)
+    bert = BertModel(config)
+    heads = torch.nn.ModuleList([torch.nn.Linear(config.hidden_size, 4) for _ in range(13)])
+    heads.append(torch.nn.Linear(config.hidden_size, 2))
+    # random heads with a wide spread, so that labels vary between reports
+    for head in heads:
+        torch.nn.init.normal_(head.weight, std=5.0)
+    state = {f"module.bert.{k}": v for k, v in bert.state_dict().items()}
+    state.update({f"module.linear_heads.{k}": v for k, v in heads.state_dict().items()})
+    out_pth.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_state_dict": state}, out_pth)
+    return out_pth
+
+
+def radgraph_config(bert_model: str, max_span_width: int = 4) -> dict[str, Any]:
+    """The DyGIE config layout of the radgraph archives (``config.json``), at tiny sizes."""
+    return {
+        "dataset_reader": {
+            "type": "dygie", "max_span_width": max_span_width,
+            "token_indexers": {"bert": {"type": "pretrained_transformer_mismatched", "model_name": bert_model, "max_length": 512}},
+        },
+        "model": {
+            "type": "dygie",
+            "embedder": {"token_embedders": {"bert": {"type": "pretrained_transformer_mismatched", "model_name": bert_model, "max_length": 512}}},
+            "initializer": {"regexes": [["_span_width_embedding.weight", {"type": "xavier_normal"}]]},
+            "module_initializer": {"regexes": [[".*weight", {"type": "xavier_normal"}], [".*weight_matrix", {"type": "xavier_normal"}]]},
+            "loss_weights": {"ner": 1.0, "relation": 1.0, "coref": 0.0, "events": 0.0},
+            "feature_size": 8, "max_span_width": max_span_width, "target_task": "relation",
+            "feedforward_params": {"num_layers": 2, "hidden_dims": 16, "dropout": 0.4},
+            "modules": {
+                "coref": {"spans_per_word": 0.3, "max_antecedents": 100, "coref_prop": 0},
+                "ner": {},
+                "relation": {"spans_per_word": 0.5},
+                "events": {"trigger_spans_per_word": 0.3, "argument_spans_per_word": 0.8,
+                           "loss_weights": {"trigger": 0.2, "arguments": 1.0}},
+            },
+        },
+    }
+
+
+def build_radgraph_archive(out_tar: Path, bert_dir: Path, seed: int, model_type: str = "radgraph",
+                           ner_bias: float = -2.5, relation_bias: float = -0.5) -> Path:
+    """``<model_type>.tar.gz`` as StanfordAIMI/RRG_scorers ships it: config.json, vocabulary/, weights.th.
+
+    The DyGIE model is built with the radgraph package's own classes (so the state dict keys are
+    exactly what ``RadGraph`` loads with ``strict=True``); the BERT backbone is ``bert_dir``.
+    """
+    import torch
+
+    from libra_cli.metrics.radgraph import radgraph_modules
+
+    mods = radgraph_modules()
+    config = radgraph_config(str(bert_dir))
+    vocab = mods.Vocabulary()
+    ner_ns, rel_ns = f"{model_type}__ner_labels", f"{model_type}__relation_labels"
+    vocab.add_token_to_namespace("", ner_ns)
+    for label in RADGRAPH_ENTITY_LABELS:
+        vocab.add_token_to_namespace(label, ner_ns)
+    for label in RADGRAPH_RELATION_LABELS:
+        vocab.add_token_to_namespace(label, rel_ns)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        vocab.save_to_files(str(root / "vocabulary"))
+        (root / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        torch.manual_seed(seed)
+        model = mods.build_model(config, vocab, str(bert_dir))
+        # shape the random scorers like a trained model's output: few spans become entities, some pairs relations
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("_ner._ner_scorers") and name.endswith(".1._module.weight"):
+                    torch.nn.init.normal_(p, std=1.5)
+                elif name.startswith("_ner._ner_scorers") and name.endswith(".1._module.bias"):
+                    p.fill_(ner_bias)
+                elif name.startswith("_relation._relation_scorers") and name.endswith("weight"):
+                    torch.nn.init.normal_(p, std=1.5)
+                elif name.startswith("_relation._relation_scorers") and name.endswith("bias"):
+                    p.fill_(relation_bias)
+        torch.save(model.state_dict(), root / "weights.th")
+        out_tar.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out_tar, "w:gz") as tar:
+            for item in ("config.json", "vocabulary", "weights.th"):
+                tar.add(root / item, arcname=item)
+    return out_tar
+
+
+def rate_ner_labels() -> dict[int, str]:
+    """RaTE-NER's BIO label set over its five entity types."""
+    labels = ["O"] + [f"{p}-{t}" for t in RATE_TYPES for p in ("B", "I")]
+    return dict(enumerate(labels))
+
+
+def install_in_hf_cache(hub_dir: Path, repo_id: str, files: dict[str, Path], commit: str = "0" * 40) -> Path:
+    """Lay ``files`` (name in repo -> local file) out as the Hugging Face hub cache does for ``repo_id``.
+
+    ``hub_dir`` is ``$HF_HOME/hub``: ``models--org--name/{blobs,snapshots/<commit>,refs/main}``.
+    Used to run the reference packages (which load hub ids such as ``bert-base-uncased``) and
+    libra offline against the same tiny files, and to test the cache layout without a network.
+    """
+    import hashlib
+    import shutil
+
+    repo = hub_dir / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            shutil.copyfile(src, blob)
+        target = snap / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        target.symlink_to(Path("../" * (len(Path(name).parts) + 1)) / "blobs" / blob.name)
+    return snap
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """``{relative name: path}`` of every file in ``folder`` (for :func:`install_in_hf_cache`)."""
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def build_all(out: Path) -> dict[str, Path]:
+    """Every tiny scorer model, from fixed seeds, plus hub-cache / radgraph-cache layouts of them.
+
+    ``out/hf/hub`` holds the tiny BERT as ``bert-base-uncased`` (f1chexbert's and CXR-Report-Metric's
+    hub id), ``out/xdg/chexbert/chexbert.pth`` is f1chexbert's cache path, ``out/radgraph-cache/radgraph``
+    the extracted archive. Same code and seeds give the same weights (tests rebuild what the
+    committed reference outputs were computed on).
+    """
+    from libra_cli.testing.reports import make_pairs
+
+    refs, preds = make_pairs(300, seed=0)
+    corpus = refs + preds
+    vocab = wordpiece_vocab(corpus)
+    paths = {
+        "bert": build_bert(out / "bert", vocab, seed=1),
+        "roberta": build_roberta(out / "roberta", corpus, seed=3),
+        "rate-ner": build_bert(out / "rate-ner", vocab, seed=4, id2label=rate_ner_labels()),
+        "rate-eval": build_bert(out / "rate-eval", vocab, seed=5),
+    }
+    paths["chexbert"] = build_chexbert(out / "xdg" / "chexbert" / "chexbert.pth", paths["bert"], seed=2)
+    paths["radgraph_archive"] = build_radgraph_archive(out / "radgraph.tar.gz", paths["bert"], seed=6)
+    extracted = out / "radgraph-cache" / "radgraph"
+    extracted.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(paths["radgraph_archive"], "r:gz") as tar:
+        tar.extractall(extracted, filter="data")
+    paths["radgraph"] = extracted
+    paths["hf_hub"] = out / "hf" / "hub"
+    install_in_hf_cache(paths["hf_hub"], "bert-base-uncased", folder_files(paths["bert"]))
+    return paths
