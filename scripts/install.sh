@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q ${LIBRA_TORCH:-torch==2.13.0}
-$PY -m pip install -q -e ".[dev]"
+$PY -m pip install -q -e ".[dev,metrics-model]"
+# RaTEScore's sentence splitters: their metadata pins spacy<3.8 (numpy 1.x on Python < 3.12), they run on the
+# spacy 3.8 / numpy 2 the extra installs; PyRuSH 1.0.13 is the reference stack's (1.0.8 splits differently)
+$PY -m pip install -q --no-deps medspacy==1.3.1 PyRuSH==1.0.13
 # Browser for the end-to-end web test (tests/test_serve_e2e.py): Debian's chromium, driven by Playwright's
 # Python package with executable_path (never Playwright's own browser download). Skipped when already present.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then

@@ -134,15 +134,10 @@ def _clean(text: str | None, compact: bool) -> str | None:
     return text or None
 
 
-def build_records(
-    pairs: Any,
-    sections: dict[str, dict[str, str]],
-    opts: BuildOptions,
-) -> tuple[list[dict[str, Any]], BuildStats]:
-    """Join pairs with sections; one record per kept image with everything the writers need."""
+def _checked_pairs(pairs: Any, opts: BuildOptions) -> Any:
+    """The pairs table after the option checks, filtered to ``opts.split_name``."""
     import pyarrow.compute as pc
 
-    stats = BuildStats(rows=pairs.num_rows)
     need = ["dicom_id", "study_id", "image"]
     missing = [c for c in need if c not in pairs.column_names]
     if missing:
@@ -161,6 +156,18 @@ def build_records(
                 "use one of those or 'all'"
             )
         pairs = pairs.filter(pc.equal(pairs["split"], opts.split_name))
+    return pairs
+
+
+def build_records(
+    pairs: Any,
+    sections: dict[str, dict[str, str]],
+    opts: BuildOptions,
+) -> tuple[list[dict[str, Any]], BuildStats]:
+    """Join pairs with sections; one record per kept image with everything the writers need."""
+
+    stats = BuildStats(rows=pairs.num_rows)
+    pairs = _checked_pairs(pairs, opts)
     stats.after_split = pairs.num_rows
 
     template = opts.template if opts.template is not None else default_template(opts.context)
