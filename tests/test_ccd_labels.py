@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from ccd_reference import clinical_guide, token_score_dict
-from conftest import CXR, FIXTURES
 
 from libra_cli.ccd import labels as L
 from libra_cli.ccd.experts import FINDINGS, ZeroShotExpert, densenet_labels
 from libra_cli.ccd.sources import LabelFile
 from libra_cli.errors import InputError
+from tests.ccd_reference import clinical_guide, token_score_dict
+from tests.conftest import CXR, FIXTURES
 
 XRV_CHEX = ["Atelectasis", "Consolidation", "", "Pneumothorax", "Edema", "", "", "Effusion", "Pneumonia", "",
             "Cardiomegaly", "", "", "", "Lung Lesion", "Fracture", "Lung Opacity", "Enlarged Cardiomediastinum"]
