@@ -121,3 +121,9 @@ def test_serve_page_builds_with_ccd_controls(loaded) -> None:
     demo = build_app(Server(opts, cache=ModelCache(loader=lambda k: loaded)))
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"ccd-on", "ccd-alpha", "ccd-beta", "ccd-gamma", "ccd-expert", "ccd-compare", "baseline"} <= ids
+
+
+def test_unavailable_expert_fails_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # as on a machine without it
+    out = CliRunner().invoke(app, ["infer", "-m", "/nonexistent-model", CUR, "--decoding", "ccd"])
+    assert isinstance(out.exception, InputError) and "pip install torchxrayvision" in str(out.exception)

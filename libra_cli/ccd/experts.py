@@ -66,6 +66,16 @@ def get_expert(name: str, device: str | None = None) -> Any:
     return _experts[key]
 
 
+def check_expert(name: str) -> None:
+    """Fail now, in one line, when the expert cannot be loaded (before minutes of loading the Libra model)."""
+    if name.lower() == "densenet":
+        _check_xrv_weights(_import_xrv())
+    else:
+        from libra_cli.checkpoint.hub import hub_folder
+
+        hub_folder(MEDSIGLIP_ID if name.lower() == "medsiglip" else name, what="CCD expert")
+
+
 def densenet_labels(pathologies: list[str], scores: Any, view_targets: list[str], view_probs: Any) -> Labels:
     """predict_chexpert_labels' dict (U:163-165): named pathologies in model order, then the view softmax."""
     out: Labels = {label: float(s) for label, s in zip(pathologies, scores, strict=True) if label}
