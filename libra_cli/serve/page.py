@@ -190,8 +190,9 @@ def _ccd_controls(gr: Any, ccd: CCDOptions) -> list[Any]:
             gamma = gr.Slider(1, 20, value=ccd.gamma, step=1, label="Gamma (bias clip, log)", elem_id="ccd-gamma")
         threshold = gr.Slider(0.0, 1.0, value=ccd.threshold, step=0.05, label="Label threshold (guidance)",
                               elem_id="ccd-threshold")
-        labels = gr.File(label="Label probabilities (optional JSON/CSV: replaces the expert)", elem_id="ccd-labels",
-                         height=90)
+        default = f"; default {os.path.basename(ccd.labels)} from --ccd-labels" if ccd.labels else ""
+        labels = gr.File(label=f"Label probabilities (optional JSON/CSV: replaces the expert{default})",
+                         elem_id="ccd-labels", height=110)
         compare = gr.Checkbox(value=ccd.compare, label="Compare with baseline (standard decoding)", elem_id="ccd-compare")
     return [on, choice, alpha, beta, gamma, threshold, labels, compare]
 
