@@ -12,6 +12,7 @@ import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from libra_cli.prompts import (
     strip_stop,
     tokenize_with_image,
 )
+
+DECODINGS = ("standard", "ccd")
 
 
 @dataclass
@@ -45,6 +48,14 @@ class GenerationSettings:
     num_return_sequences: int = 1
     repetition_penalty: float | None = None
     seed: int | None = None
+    # decoding: "standard" (transformers' generate) or "ccd" (Clinical Contrastive Decoding, libra_cli.ccd)
+    decoding: str = "standard"
+    ccd_alpha: float = 0.5  # weight of the guided stream in the soft guide
+    ccd_beta: float = 0.5  # weight of the expert token bias in the final scores
+    ccd_gamma: float = 10.0  # the bias is clipped at +-log(gamma) (when gamma > 1)
+    ccd_threshold: float = 0.5  # labels at or above it go into the guidance sentence
+    ccd_expert: str = "densenet"  # densenet | medsiglip | a CLIP/SigLIP folder or hub id
+    ccd_labels: str | None = None  # label probabilities per study from a file (replaces the expert)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -59,6 +70,21 @@ class GenerationSettings:
             raise InputError("--num-return-sequences must be at least 1")
         if self.num_return_sequences > 1 and self.num_beams < self.num_return_sequences and self.temperature == 0:
             raise InputError("--num-return-sequences > 1 needs --num-beams >= that number, or sampling (--temperature > 0)")
+        if self.decoding not in DECODINGS:
+            raise InputError(f"--decoding must be one of {', '.join(DECODINGS)}, not {self.decoding!r}")
+        if self.decoding == "ccd":
+            self._validate_ccd()
+
+    def _validate_ccd(self) -> None:
+        for name in ("alpha", "beta", "threshold"):
+            if not 0 <= getattr(self, f"ccd_{name}") <= 1:
+                raise InputError(f"--ccd-{name} must be in [0, 1]")
+        if not self.ccd_gamma > 0:
+            raise InputError("--ccd-gamma must be > 0 (the token bias is clipped at +-log gamma)")
+        if self.num_beams > 1 and self.do_sample:
+            raise InputError("CCD beam search is deterministic: use --temperature 0 with --num-beams, or sample with one beam")
+        if self.ccd_labels is not None and not Path(self.ccd_labels).expanduser().is_file():
+            raise InputError(f"--ccd-labels file '{self.ccd_labels}' does not exist; check the path")
 
     @property
     def do_sample(self) -> bool:
@@ -92,7 +118,15 @@ class GenerationSettings:
         return kw
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as recorded with answers (standard decoding: without the CCD fields, as before CCD)."""
         d = asdict(self)
+        if self.decoding == "ccd":
+            from libra_cli.ccd.run import ccd_ngram
+
+            d["no_repeat_ngram_size"] = ccd_ngram(self)
+            return d
+        for k in [k for k in d if k.startswith("ccd_")] + ["decoding"]:
+            del d[k]
         d["no_repeat_ngram_size"] = self.hf_kwargs().get("no_repeat_ngram_size", 0)
         return d
 
@@ -134,9 +168,13 @@ class Report:
     settings: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     id: str | None = None
+    ccd: dict[str, Any] | None = None  # CCD only: the labels, the guidance sentence and the guided prompt
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["ccd"] is None:
+            del d["ccd"]
+        return d
 
 
 @dataclass
@@ -159,18 +197,22 @@ def _pixels(image: Any, loaded: Any) -> np.ndarray:
     return load_and_preprocess(image, loaded.image_processor, pad=loaded.pad_images)
 
 
-def prompt_ids(loaded: Any, sample: Sample) -> tuple[str, list[int], str]:
-    """Rendered prompt, its ids (one placeholder per image-feature vector) and the stop string."""
-    if sample._rendered is not None and sample._rendered[0] == id(loaded):
+def prompt_ids(loaded: Any, sample: Sample, guide: str | None = None) -> tuple[str, list[int], str]:
+    """Rendered prompt, its ids (one placeholder per image-feature vector) and the stop string.
+
+    ``guide``: CCD's guided prompt (the clinical guidance after the question); not cached.
+    """
+    if guide is None and sample._rendered is not None and sample._rendered[0] == id(loaded):
         return sample._rendered[1]
     query = sample.query if sample.query is not None else default_query(loaded)
     if not query.strip():
         raise InputError("empty prompt; give a question with --prompt or leave it out for the findings query")
     text, stop = build_prompt(query, loaded.conv_mode, bool(getattr(loaded.config, "mm_use_im_start_end", False)),
-                              sample.context, sample.history)
+                              sample.context, sample.history, guide)
     ids = tokenize_with_image(text, loaded.tokenizer, encode=loaded.encode)
     out = (text, expand_image_tokens(ids, loaded.num_image_tokens), stop)
-    sample._rendered = (id(loaded), out)
+    if guide is None:
+        sample._rendered = (id(loaded), out)
     return out
 
 
@@ -279,41 +321,24 @@ def generate(
             image_features = model.get_image_features(batch.pixel_values.to(dev, loaded.dtype))
         t_enc = time.perf_counter()
         eos_ids, stop_strings = _eos_ids(loaded, batch.stop)
-        kw = settings.hf_kwargs()
-        if stop_strings:
-            kw.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-        decode_kw, attention = _decode_kwargs(loaded, settings, ids, mask, image_features)
-        with attention:
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                eos_token_id=eos_ids,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-                return_dict_in_generate=True,
-                output_scores=settings.num_return_sequences > 1,
-                streamer=streamer,
-                **kw,
-                **decode_kw,
-            )
+        extras: list[dict[str, Any]] | None = None
+        if settings.decoding == "ccd":
+            answers, extras = _decode_ccd(loaded, samples, settings, image_features, eos_ids, streamer)
+        else:
+            answers = _decode_standard(loaded, batch, settings, image_features, eos_ids, stop_strings, streamer)
     t_gen = time.perf_counter()
-    seqs = out.sequences[:, batch.input_ids.shape[1]:].cpu()
-    scores = _sequence_scores(model, out, settings, seqs)
-    n = settings.num_return_sequences
     reports = []
     new_tokens = 0
     for i, s in enumerate(samples):
         cands = []
-        for j in range(n):
-            ids = _trim(seqs[i * n + j].tolist(), eos_ids, loaded.tokenizer.pad_token_id)
+        for ids, score in answers[i]:
             new_tokens += len(ids)
-            text = strip_stop(loaded.decode(ids), batch.stop)
-            cands.append(Candidate(text, ids, scores[i * n + j] if scores is not None else None))
+            cands.append(Candidate(strip_stop(loaded.decode(ids), batch.stop), ids, score))
         reports.append(Report(text=cands[0].text, prompt=batch.prompts[i], token_ids=cands[0].token_ids,
                               candidates=cands, prior_is_dummy=batch.prior_is_dummy[i], settings=settings.to_dict(),
-                              id=s.id))
+                              id=s.id, ccd=extras[i] if extras is not None else None))
     timings = {
         "preprocess_s": t_prep - t0,
         "encode_s": t_enc - t_prep,
@@ -325,6 +350,51 @@ def generate(
     for r in reports:
         r.timings = dict(timings)
     return reports
+
+
+Answers = list[list[tuple[list[int], float | None]]]  # per sample: (token ids, score) per candidate
+
+
+def _decode_standard(loaded: Any, batch: BatchInputs, settings: GenerationSettings, features: torch.Tensor,
+                     eos_ids: list[int], stop_strings: list[str] | None, streamer: Any) -> Answers:
+    """transformers' ``generate`` (greedy, sampling, beam search) on the left-padded batch."""
+    model = loaded.model
+    dev = model.get_input_embeddings().weight.device
+    kw = settings.hf_kwargs()
+    if stop_strings:
+        kw.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
+    ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+    decode_kw, attention = _decode_kwargs(loaded, settings, ids, mask, features)
+    with attention:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            eos_token_id=eos_ids,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_scores=settings.num_return_sequences > 1,
+            streamer=streamer,
+            **kw,
+            **decode_kw,
+        )
+    seqs = out.sequences[:, batch.input_ids.shape[1]:].cpu()
+    scores = _sequence_scores(model, out, settings, seqs)
+    n = settings.num_return_sequences
+    pad = loaded.tokenizer.pad_token_id
+    return [[(_trim(seqs[i * n + j].tolist(), eos_ids, pad), scores[i * n + j] if scores is not None else None)
+             for j in range(n)] for i in range(len(batch.prompts))]
+
+
+def _decode_ccd(loaded: Any, samples: list[Sample], settings: GenerationSettings, features: torch.Tensor,
+                eos_ids: list[int], streamer: Any) -> tuple[Answers, list[dict[str, Any]]]:
+    """Clinical Contrastive Decoding (:mod:`libra_cli.ccd`); the stop token is not part of the answer."""
+    from libra_cli.ccd.run import run_ccd
+
+    results = run_ccd(loaded, samples, settings, features, lambda s, guide: prompt_ids(loaded, s, guide), eos_ids,
+                      streamer)
+    answers = [list(zip(r.decoded.sequences, r.decoded.scores, strict=True)) for r in results]
+    extras = [{"labels": r.labels, "guide": r.guide, "guided_prompt": r.guided_prompt} for r in results]
+    return answers, extras
 
 
 def _decode_kwargs(loaded: Any, settings: GenerationSettings, ids: torch.Tensor, mask: torch.Tensor,

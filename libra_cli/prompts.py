@@ -150,16 +150,20 @@ def build_prompt(
     mm_use_im_start_end: bool = False,
     context: str | None = None,
     history: list[tuple[str, str]] | None = None,
+    guide: str | None = None,
 ) -> tuple[str, str]:
     """Render a single-turn (or follow-up) prompt with the assistant turn left open.
 
     Returns ``(prompt_text, stop_string)``. ``history`` holds earlier (question, answer) pairs;
-    the image marker goes into the first question only.
+    the image marker goes into the first question only. ``guide`` (CCD's clinical guidance) is
+    appended to the last question after one space, as the CCD reference does.
     """
     conv = get_template(conv_mode)
     turns = list(history or []) + [(query, None)]
     for i, (q, a) in enumerate(turns):
         text = user_message(q, mm_use_im_start_end, context if i == 0 else None) if i == 0 else q
+        if guide is not None and i == len(turns) - 1:
+            text = f"{text} {guide}"
         conv.append(conv.roles[0], text)
         conv.append(conv.roles[1], a)
     return conv.render(), conv.stop_string

@@ -143,5 +143,7 @@ def auto_batch_size(loaded: Any, settings: Any, max_prompt_len: int, n_items: in
     free, _ = torch.cuda.mem_get_info(torch.device(dev))
     elem = torch.empty((), dtype=loaded.dtype).element_size()
     beams = max(settings.num_beams, settings.num_return_sequences)
+    if getattr(settings, "decoding", "standard") == "ccd":
+        beams *= 2  # CCD keeps two KV caches per sequence (the original and the guided prompt)
     return pick_batch_size(free, per_sample_bytes(loaded.config, max_prompt_len, settings.max_new_tokens, beams, elem),
                            n_items)

@@ -76,6 +76,8 @@ def infer(
 
 def _render(report, loaded, as_json, streamed, current, prior, err) -> None:  # noqa: ANN001
     """The report on stdout (text, candidates with scores, or JSON); timings on stderr."""
+    if report.ccd is not None and not as_json:
+        err.print(f"[dim]CCD guidance: {report.ccd['guide']}[/]", highlight=False)
     if as_json:
         result = report.to_dict()
         result.update(model=loaded.name, conv_mode=loaded.conv_mode, load_s=loaded.load_seconds,

@@ -23,6 +23,7 @@ import typer
 MODEL_HELP = "Hub id (e.g. X-iZhang/libra-v1.0-7b) or checkpoint folder (full, LoRA or projector-only)."
 DEFAULT_MODEL = "X-iZhang/libra-v1.0-7b"
 M, G, OUT = "Model", "Generation", "Output"
+CCD = "Clinical Contrastive Decoding (docs/decoding.md)"
 
 
 @dataclass
@@ -71,13 +72,24 @@ class GenerationFlags:
     num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", help="Candidates to return (with scores).", rich_help_panel=G)] = 1
     repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Repetition penalty.", rich_help_panel=G)] = None
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=G)] = None
+    decoding: Annotated[str, typer.Option("--decoding", help="standard | ccd (Clinical Contrastive Decoding: expert-guided).", rich_help_panel=CCD)] = "standard"
+    ccd_alpha: Annotated[float, typer.Option("--ccd-alpha", help="Weight of the guided prompt's log-probabilities, 0..1.", rich_help_panel=CCD)] = 0.5
+    ccd_beta: Annotated[float, typer.Option("--ccd-beta", help="Weight of the expert's token bias, 0..1.", rich_help_panel=CCD)] = 0.5
+    ccd_gamma: Annotated[float, typer.Option("--ccd-gamma", help="Token bias clipped at +-log(gamma) (> 0; no clip at <= 1).", rich_help_panel=CCD)] = 10.0
+    ccd_threshold: Annotated[float, typer.Option("--ccd-threshold", help="Labels at or above this probability go into the guidance sentence.", rich_help_panel=CCD)] = 0.5
+    ccd_expert: Annotated[str, typer.Option("--ccd-expert", help="densenet (torchxrayvision) | medsiglip | a CLIP/SigLIP folder or hub id.", rich_help_panel=CCD)] = "densenet"
+    ccd_labels: Annotated[str | None, typer.Option("--ccd-labels", help="Label probabilities per study (JSON/JSONL/CSV) instead of the expert.", rich_help_panel=CCD)] = None
 
     def settings(self) -> Any:
-        """The validated :class:`~libra_cli.generation.GenerationSettings`."""
+        """The validated :class:`~libra_cli.generation.GenerationSettings` (a CCD expert that cannot load fails here)."""
         from libra_cli.generation import GenerationSettings
 
         s = GenerationSettings(**dataclasses.asdict(self))
         s.validate()
+        if s.decoding == "ccd" and not s.ccd_labels:
+            from libra_cli.ccd.experts import check_expert
+
+            check_expert(s.ccd_expert)
         return s
 
 

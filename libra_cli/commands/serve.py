@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import MODEL_HELP, Group, ModelFlags, with_flags
+from libra_cli.commands.options import MODEL_HELP, GenerationFlags, Group, ModelFlags, with_flags
+
+# the page's CCD defaults: --decoding and the --ccd-* flags of the generation group
+NOT_CCD = tuple(f.name for f in dataclasses.fields(GenerationFlags) if f.name != "decoding" and not f.name.startswith("ccd_"))
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
-@with_flags(load=Group(ModelFlags, exclude=("model",)))
+@with_flags(load=Group(ModelFlags, exclude=("model",)), ccd=Group(GenerationFlags, exclude=NOT_CCD))
 def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help=MODEL_HELP + " Repeat to offer several; the first is the default (published checkpoints are always listed).", rich_help_panel="Model")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; mind who can reach it).")] = "127.0.0.1",
@@ -26,6 +30,7 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Serve the tiny demo model shipped with libra (offline, CPU): the page works out of the box.")] = False,
     *,
     load: ModelFlags,
+    ccd: GenerationFlags,
 ) -> None:
     """Web app: upload the current and prior X-ray, read the streamed draft Findings."""
     from libra_cli.errors import InputError
@@ -37,8 +42,11 @@ def serve(
     except ImportError as exc:
         raise InputError('libra serve needs gradio: pip install "libra-cli[serve]"') from exc
     from libra_cli.serve.page import serve as run
-    from libra_cli.serve.server import ModelKey, ServeOptions
+    from libra_cli.serve.server import CCDOptions, ModelKey, ServeOptions
 
+    s = ccd.settings()  # checked now: a bad value or a missing expert is a one-line error, not a broken page
+    page_ccd = CCDOptions(s.decoding == "ccd", s.ccd_alpha, s.ccd_beta, s.ccd_gamma, s.ccd_threshold, s.ccd_expert,
+                          s.ccd_labels)
     models = list(model or [])
     if demo:
         models = ["demo", *models]
@@ -46,5 +54,5 @@ def serve(
             load.device = "cpu"
     key = ModelKey(**(load.kwargs() | {"model": ""}))
     opts = ServeOptions(models=models, load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,
-                        queue_size=queue_size, preload=preload)
+                        queue_size=queue_size, preload=preload, ccd=page_ccd)
     run(opts, host=host, port=port, share=share, log=lambda m: typer.echo(m, err=True))

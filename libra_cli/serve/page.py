@@ -18,11 +18,16 @@ from libra_cli.serve.server import (
     DECODING_MODES,
     DUMMY_PRIOR_NOTICE,
     RESEARCH_NOTICE,
+    CCDOptions,
     ServeOptions,
     Server,
     check_port,
     decoding_settings,
+    file_path,
+    with_ccd,
 )
+
+EXPERTS = {"DenseNet": "densenet", "MedSigLIP": "medsiglip"}
 
 CSS = """
 #libra-banner {border-left: 6px solid #b45309; background: #fffbeb; color: #78350f; padding: 10px 14px;
@@ -87,20 +92,26 @@ def build_app(server: Server) -> Any:
 
     def generate(model: str, cur_f: Any, prior_f: Any, prompt: str, context: str, mode: str, max_new: float,
                  temperature: float, top_p: float, top_k: float, beams: float, length_penalty: float,
-                 seed: float | None) -> Iterator[tuple[Any, ...]]:
+                 seed: float | None, ccd_on: bool, expert: str, alpha: float, beta: float, gamma: float,
+                 threshold: float, labels_f: Any, compare: bool) -> Iterator[tuple[Any, ...]]:
+        hidden = gr.update(visible=False)
+        baseline_box = gr.update(value="", visible=bool(ccd_on and compare))
         try:
             s = decoding_settings(mode, int(max_new), float(temperature), float(top_p), int(top_k), int(beams),
                                   float(length_penalty), None if seed is None else int(seed))
+            labels = file_path(labels_f) or opts.ccd.labels
+            s = with_ccd(s, CCDOptions(bool(ccd_on), alpha, beta, gamma, threshold, EXPERTS.get(expert, expert), labels))
         except LibraError as exc:
-            yield "", _error_html(str(exc)), gr.update(visible=False)
+            yield "", _error_html(str(exc)), hidden, baseline_box
             return
-        for u in server.run(model, cur_f, prior_f, prompt, context, s):
+        for u in server.run(model, cur_f, prior_f, prompt, context, s, compare=bool(ccd_on and compare)):
             if u.error:
-                yield "", _error_html(u.error), gr.update(visible=False)
+                yield "", _error_html(u.error), hidden, baseline_box
             elif u.done:
-                yield u.text, _status_html(u.status), gr.update(value=u.download, visible=True)
+                base = gr.update(value=u.baseline or "", visible=u.baseline is not None)
+                yield u.text, _status_html(u.status), gr.update(value=u.download, visible=True), base
             else:
-                yield u.text, _status_html(u.status), gr.update(visible=False)
+                yield u.text, _status_html(u.status), hidden, baseline_box
 
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
@@ -144,10 +155,13 @@ def build_app(server: Server) -> Any:
                         seed = gr.Number(value=-1, precision=0, label="Seed (sampling, -1 = random)")
                         beams = gr.Slider(2, 10, value=3, step=1, label="Beams (beam search)")
                         length_penalty = gr.Slider(0, 3, value=1.0, step=0.1, label="Length penalty (beam search)")
+                ccd_controls = _ccd_controls(gr, opts.ccd)
                 run_btn = gr.Button("Generate findings", variant="primary", elem_id="generate-btn")
             with gr.Column(scale=2, min_width=320):
                 report = gr.Textbox(label="Findings (draft — review before use)", lines=14, max_lines=40,
                                     interactive=False, buttons=["copy"], elem_id="report", autoscroll=True)
+                baseline = gr.Textbox(label="Baseline: the same request with standard decoding", lines=8,
+                                      max_lines=40, interactive=False, visible=False, elem_id="baseline")
                 status = gr.HTML("", elem_id="status")
                 download = gr.DownloadButton("Download report (.txt)", visible=False, elem_id="download-btn")
         gr.HTML(f'<div id="libra-footer">{html.escape(RESEARCH_NOTICE)} Libra: Zhang et al., ACL 2025.</div>')
@@ -157,10 +171,30 @@ def build_app(server: Server) -> Any:
                      show_progress="hidden")
         example_btn.click(lambda: (str(examples[0]), str(examples[1])), None, [cur_file, prior_file])
         run_btn.click(generate, [model, cur_file, prior_file, prompt, context, mode, max_new, temperature, top_p,
-                                 top_k, beams, length_penalty, seed], [report, status, download],
+                                 top_k, beams, length_penalty, seed, *ccd_controls], [report, status, download, baseline],
                       concurrency_limit=1, concurrency_id="libra-generate", show_progress="minimal")
     demo.queue(max_size=opts.queue_size, default_concurrency_limit=1)
     return demo
+
+
+def _ccd_controls(gr: Any, ccd: CCDOptions) -> list[Any]:
+    """The CCD toggle and sliders (the reference demo's ranges), in ``generate``'s argument order."""
+    experts = list(EXPERTS) + ([ccd.expert] if ccd.expert not in EXPERTS.values() else [])
+    expert = next((k for k, v in EXPERTS.items() if v == ccd.expert), ccd.expert)
+    with gr.Accordion("Clinical Contrastive Decoding (CCD)", open=ccd.enabled, elem_id="ccd"):
+        on = gr.Checkbox(value=ccd.enabled, label="Use CCD: an expert classifier steers the draft", elem_id="ccd-on")
+        choice = gr.Radio(experts, value=expert, label="Expert model", elem_id="ccd-expert")
+        with gr.Row():
+            alpha = gr.Slider(0.0, 1.0, value=ccd.alpha, step=0.1, label="Alpha (guided prompt)", elem_id="ccd-alpha")
+            beta = gr.Slider(0.0, 1.0, value=ccd.beta, step=0.1, label="Beta (token bias)", elem_id="ccd-beta")
+            gamma = gr.Slider(1, 20, value=ccd.gamma, step=1, label="Gamma (bias clip, log)", elem_id="ccd-gamma")
+        threshold = gr.Slider(0.0, 1.0, value=ccd.threshold, step=0.05, label="Label threshold (guidance)",
+                              elem_id="ccd-threshold")
+        default = f"; default {os.path.basename(ccd.labels)} from --ccd-labels" if ccd.labels else ""
+        labels = gr.File(label=f"Label probabilities (optional JSON/CSV: replaces the expert{default})",
+                         elem_id="ccd-labels", height=110)
+        compare = gr.Checkbox(value=ccd.compare, label="Compare with baseline (standard decoding)", elem_id="ccd-compare")
+    return [on, choice, alpha, beta, gamma, threshold, labels, compare]
 
 
 def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,31 @@ def decoding_settings(mode: str, max_new_tokens: int, temperature: float, top_p:
 
 
 @dataclass
+class CCDOptions:
+    """The page's Clinical Contrastive Decoding controls (defaults from ``libra serve --decoding ccd --ccd-*``)."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 10.0
+    threshold: float = 0.5
+    expert: str = "densenet"
+    labels: str | None = None
+    compare: bool = False
+
+
+def with_ccd(settings: Any, ccd: CCDOptions) -> Any:
+    """``settings`` switched to CCD with the page's sliders (validated); unchanged when CCD is off."""
+    if not ccd.enabled:
+        return settings
+    s = replace(settings, decoding="ccd", ccd_alpha=float(ccd.alpha), ccd_beta=float(ccd.beta),
+                ccd_gamma=float(ccd.gamma), ccd_threshold=float(ccd.threshold), ccd_expert=ccd.expert,
+                ccd_labels=ccd.labels or None)
+    s.validate()
+    return s
+
+
+@dataclass
 class Update:
     """One step of a request: the text so far, a status line, and the final report when done."""
 
@@ -150,6 +175,7 @@ class Update:
     download: str | None = None
     model: str = ""
     done: bool = False
+    baseline: str | None = None  # CCD "compare with baseline": the same request with standard decoding
 
 
 @dataclass
@@ -162,6 +188,7 @@ class ServeOptions:
     max_loaded: int = 2
     queue_size: int = 32
     preload: bool = True
+    ccd: CCDOptions = field(default_factory=CCDOptions)
 
 
 def model_choices(models: list[str]) -> list[str]:
@@ -175,7 +202,7 @@ def model_choices(models: list[str]) -> list[str]:
     return out
 
 
-def _file_path(f: Any) -> str | None:
+def file_path(f: Any) -> str | None:
     """A path from whatever Gradio hands over (str, dict or FileData-like), ``None`` if empty."""
     if f is None:
         return None
@@ -203,7 +230,7 @@ class Server:
         """(preview image, error message) for an uploaded file; a bad file gives an error, not a crash."""
         from libra_cli.images import load_image
 
-        path = _file_path(f)
+        path = file_path(f)
         if path is None:
             return None, None
         try:
@@ -228,14 +255,18 @@ class Server:
         self.cache.get(self.key(None))
 
     def run(self, model: str | None, current: Any, prior: Any, prompt: str | None, context: str | None,
-            settings: Any) -> Iterator[Update]:
-        """Generate one report, yielding the text as it grows; errors end in an ``Update`` with ``error``."""
+            settings: Any, compare: bool = False) -> Iterator[Update]:
+        """Generate one report, yielding the text as it grows; errors end in an ``Update`` with ``error``.
+
+        ``compare`` (CCD only): then also the standard-decoding report of the same request, as the
+        reference demo's "compare with baseline".
+        """
         from libra_cli.generation import generate_report
         from libra_cli.images import load_image
 
         name = (model or self.default_model).strip()
         try:
-            cur_path, prior_path = _file_path(current), _file_path(prior)
+            cur_path, prior_path = file_path(current), file_path(prior)
             if cur_path is None:
                 raise InputError("no current X-ray: upload the current study (or load the example pair) first")
             cur_img = _load_named(load_image, cur_path, "current")
@@ -269,6 +300,10 @@ class Server:
                         yield Update(text=text, status="generating …", model=name)
                     worker.join()
                     report = box["report"]
+                baseline = None
+                if compare and settings.decoding == "ccd":
+                    yield Update(text=report.text, status="generating the baseline (standard decoding) …", model=name)
+                    baseline = generate_report(loaded, cur_img, prior_img, query, ctx, replace(settings, decoding="standard"))
         except LibraError as exc:
             yield Update(error=str(exc), status="error", model=name, done=True)
             return
@@ -280,7 +315,10 @@ class Server:
         t = report.timings
         status = (f"{int(t['new_tokens'])} tokens in {t['generate_s']:.1f} s · model {name} · "
                   f"prior: {'dummy (copy of current)' if report.prior_is_dummy else 'given'}")
-        yield Update(text=report.text, status=status, report=report, download=str(path), model=name, done=True)
+        if report.ccd is not None:
+            status += f" · CCD guidance: {report.ccd['guide'].strip()}"
+        yield Update(text=report.text, status=status, report=report, download=str(path), model=name, done=True,
+                     baseline=baseline.text if baseline is not None else None)
 
     def _write_download(self, report: Any, model: str, loaded: Any, cur: str, prior: str | None,
                         context: str | None) -> Path:
@@ -299,6 +337,7 @@ class Server:
             f"prior image: {prior_line}",
             f"clinical context: {context or 'none'}",
             f"decoding: {_describe_settings(report.settings)}",
+            *([f"CCD guidance: {report.ccd['guide'].strip()}"] if report.ccd is not None else []),
             f"generated: {stamp:%Y-%m-%d %H:%M:%S} UTC",
             f"NOTE: {RESEARCH_NOTICE}",
             "",
@@ -316,6 +355,10 @@ def _load_named(load_image: Callable[[str], Any], path: str, what: str) -> Any:
 
 
 def _describe_settings(s: dict[str, Any]) -> str:
+    if s.get("decoding") == "ccd":
+        source = f"labels {os.path.basename(s['ccd_labels'])}" if s.get("ccd_labels") else f"expert {s['ccd_expert']}"
+        return (f"CCD (alpha {s['ccd_alpha']}, beta {s['ccd_beta']}, gamma {s['ccd_gamma']}, {source}) + "
+                + _describe_settings({k: v for k, v in s.items() if k != "decoding"}))
     if s.get("num_beams", 1) > 1:
         return f"beam search ({s['num_beams']} beams, length penalty {s['length_penalty']}), max {s['max_new_tokens']} tokens"
     if s.get("temperature", 0) > 0:
