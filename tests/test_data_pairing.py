@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_data_reference import join_split, mimic_image, snippet_pairs
+from tests.test_data_reference import join_split, mimic_image, snippet_pairs
 
 from libra_cli.cli import main
 from libra_cli.data.pairing import PairOptions, parse_views, prior_positions, run_pair_priors, view_class

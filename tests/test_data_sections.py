@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_reference import ref_section_text, reference_sections
+from tests.test_data_reference import ref_section_text, reference_sections
 
 from libra_cli.cli import main
 from libra_cli.data import sections as S
