@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.test_data_reference import ref_section_text, reference_sections
 
 from libra_cli.cli import main
 from libra_cli.data import sections as S
 from libra_cli.errors import InputError
 from libra_cli.testing.mimic import make_report, write_report_tree
+from tests.test_data_reference import ref_section_text, reference_sections
 
 SLICES = {k: list(v) for k, v in S.SPECIAL_SLICE.items()}
 
