@@ -139,7 +139,7 @@ def run_api(model: str, *, host: str, port: int, dtype: str = "auto", options: V
     from libra_cli.checkpoint.hub import hub_folder
     from libra_cli.checkpoint.load import read_config
     from libra_cli.vllm_engine.api import api_argv
-    from libra_cli.vllm_engine.available import require_vllm
+    from libra_cli.vllm_engine.available import require_vllm, server_logging_env
     from libra_cli.vllm_engine.engine import on_cpu
 
     require_vllm()
@@ -165,4 +165,4 @@ def run_api(model: str, *, host: str, port: int, dtype: str = "auto", options: V
     log("running: " + " ".join(argv[1:]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, server_logging_env())
