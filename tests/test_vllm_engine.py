@@ -88,6 +88,27 @@ def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path
         vm.close()
 
 
+@pytest.mark.parametrize("backbone", ["libra_mistral", "libra_qwen2", "libra_qwen3", "libra_gemma", "libra_phi3"])
+def test_other_backbones_equal_transformers(tiny: dict[str, Any], backbone: str, tmp_path: Path) -> None:
+    """The plugin maps every Libra backbone to vLLM's own model for it (4 studies, 8 tokens each)."""
+    from libra_cli.generation import GenerationSettings
+    from libra_cli.testing.tiny import make_tiny_libra
+    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from tests.vllm_support import HEAD64
+
+    tower = tiny["models"]["tac"].parent / "tiny-rad-dino"
+    folder = make_tiny_libra(tmp_path / backbone, tiny["models"]["tac"], backbone=backbone, connector="TAC",
+                             tower=str(tower), seed=5, **HEAD64, head_dim=64)
+    samples = studies(tiny["images"])[:4]
+    settings = GenerationSettings(max_new_tokens=8)
+    hf = _hf_reports(folder, samples, settings)
+    vm = load_vllm_model(str(folder), dtype="float32", options=VllmOptions(enforce_eager=True))
+    try:
+        assert [r.token_ids for r in _vllm_reports(vm, samples, settings)] == [r.token_ids for r in hf]
+    finally:
+        vm.close()
+
+
 def _vllm_with_stop(vm: Any, sample: Any, stop_id: int) -> list[int]:
     from vllm import SamplingParams
 
