@@ -25,6 +25,8 @@ from libra_cli.errors import InputError
 from libra_cli.vllm_engine import engine as E
 from libra_cli.vllm_engine.available import require_vllm
 
+PREFETCH_AHEAD = 64  # studies decoded ahead of the engine (a 518 px pair is ~6 MB of float32 pixels)
+
 
 class VllmBatchRunner(BatchRunner):
     """:class:`BatchRunner` whose generation runs in vLLM (``window`` = requests kept in flight)."""
@@ -64,8 +66,8 @@ class VllmBatchRunner(BatchRunner):
     # -- inputs ---------------------------------------------------------------------------------
     def _requests(self, items: list[Item], samples: dict[int, Any], pre: ImagePrefetcher, errors: Any,
                   stats: RunStats) -> Iterator[tuple[Item, dict[str, Any]]]:
-        """(item, vLLM prompt) in plan order; images decode ``window`` items ahead; bad images -> errors file."""
-        ahead = self.window
+        """(item, vLLM prompt) in plan order; images decode a few studies ahead; bad images -> errors file."""
+        ahead = min(self.window, PREFETCH_AHEAD)
         for it in items[:ahead]:
             self._submit_images(pre, it)
         for i, it in enumerate(items):
