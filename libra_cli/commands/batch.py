@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import GenerationFlags, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.options import EngineFlags, GenerationFlags, ModelFlags, OutputFlags, with_flags
 from libra_cli.errors import InputError
 
 IN = "Input"
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("batch")(batch)
 
 
-@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=OutputFlags)
+@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=OutputFlags, eng=EngineFlags)
 def batch(
     input: Annotated[str | None, typer.Argument(help="Questions JSONL (docs/batch.md#inputs), CSV, parquet file or dataset folder.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
@@ -44,6 +44,7 @@ def batch(
     model: ModelFlags,
     gen: GenerationFlags,
     out_flags: OutputFlags,
+    eng: EngineFlags,
 ) -> None:
     """Generate reports for every sample of a questions file or dataset: batched, resumable, sharded."""
     from rich.console import Console
@@ -51,6 +52,7 @@ def batch(
     from libra_cli import batch as b
 
     err = Console(stderr=True)
+    engine = eng.check()
     bs = b.parse_batch_size(batch_size)
     n, k = b.resolve_shard(num_shards, shard)
     settings = gen.settings()
@@ -62,11 +64,18 @@ def batch(
     items, errors = b.apply_limit(items, errors, limit)
     if not items and not errors:
         raise InputError("the input holds no samples")
-    model.device = b.shard_device(model.device, n, k)
-    loaded = model.load(quiet=quiet)
     progress = _Progress(err, quiet)
-    runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb, model_id=model_id,
-                           on_batch=progress.advance)
+    if engine == "vllm":
+        from libra_cli.batch.vllm import vllm_batch_runner
+
+        runner = vllm_batch_runner(model.model, settings, bs, workers, model_id, progress.advance, num_shards=n,
+                                   shard=k, vision_tower=model.vision_tower, conv_mode=model.conv_mode,
+                                   dtype=model.dtype, options=eng.vllm_options(settings.seed), quiet=quiet)
+    else:
+        model.device = b.shard_device(model.device, n, k)
+        loaded = model.load(quiet=quiet)
+        runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb,
+                               model_id=model_id, on_batch=progress.advance)
     try:
         stats = b.run_batch(runner, items, errors, out, num_shards=n, shard=k, overwrite=overwrite,
                             on_start=progress.start)

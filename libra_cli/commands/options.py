@@ -22,7 +22,7 @@ import typer
 
 MODEL_HELP = "Hub id (e.g. X-iZhang/libra-v1.0-7b) or checkpoint folder (full, LoRA or projector-only)."
 DEFAULT_MODEL = "X-iZhang/libra-v1.0-7b"
-M, G, OUT = "Model", "Generation", "Output"
+M, G, OUT, ENG = "Model", "Generation", "Output", "Engine"
 CCD = "Clinical Contrastive Decoding (docs/decoding.md)"
 
 
@@ -99,6 +99,38 @@ class OutputFlags:
 
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUT)] = False
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, spinner or summary on stderr.", rich_help_panel=OUT)] = False
+
+
+@dataclass
+class EngineFlags:
+    """Which engine generates (transformers, or vLLM: docs/engines.md) and how vLLM spreads over GPUs."""
+
+    engine: Annotated[str, typer.Option("--engine", help="hf (transformers) | vllm (continuous batching, paged attention, tensor parallel; install: scripts/install_vllm.sh, docs/engines.md).", rich_help_panel=ENG)] = "hf"
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="vLLM: GPUs one model is split over.", min=1, rich_help_panel=ENG)] = 1
+    pipeline_parallel_size: Annotated[int, typer.Option("--pipeline-parallel-size", help="vLLM: pipeline stages (e.g. one per node, with Ray).", min=1, rich_help_panel=ENG)] = 1
+    gpu_memory_utilization: Annotated[float | None, typer.Option("--gpu-memory-utilization", help="vLLM: fraction of GPU memory for weights + KV cache (default 0.9; on CPU: of RAM, chosen from free memory).", rich_help_panel=ENG)] = None
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="vLLM: no torch.compile / CUDA graphs (starts faster, runs slower).", rich_help_panel=ENG)] = False
+
+    def check(self) -> str:
+        """``hf`` or ``vllm``; vllm must be importable (one-line error with the install command)."""
+        from libra_cli.errors import InputError
+
+        if self.engine not in ("hf", "vllm"):
+            raise InputError(f"unknown --engine {self.engine!r}; use hf or vllm")
+        if self.engine == "vllm":
+            from libra_cli.vllm_engine.available import require_vllm
+
+            require_vllm()
+        return self.engine
+
+    def vllm_options(self, seed: int | None = None) -> Any:
+        """The :class:`~libra_cli.vllm_engine.engine.VllmOptions` behind these flags."""
+        from libra_cli.vllm_engine.engine import VllmOptions
+
+        return VllmOptions(tensor_parallel_size=self.tensor_parallel_size,
+                           pipeline_parallel_size=self.pipeline_parallel_size,
+                           gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
+                           seed=seed or 0)
 
 
 @dataclass(frozen=True)

@@ -198,11 +198,14 @@ def _ccd_controls(gr: Any, ccd: CCDOptions) -> list[Any]:
 
 
 def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          block: bool = True, log: Callable[[str], None] = print) -> Any:
-    """Build the page and launch it (preloading the default model so the first request is quick)."""
+          block: bool = True, log: Callable[[str], None] = print, server: Server | None = None) -> Any:
+    """Build the page and launch it (preloading the default model so the first request is quick).
+
+    ``server``: another request handler (``libra serve --api-url``: :class:`libra_cli.serve.vllm.ApiServer`).
+    """
     check_port(host, port)  # before minutes of model loading, not after
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    server = Server(options)
+    server = server or Server(options)
     if options.preload:
         t0 = time.perf_counter()
         try:

@@ -1,0 +1,34 @@
+"""vLLM engine for Libra checkpoints (``libra batch --engine vllm``, ``libra serve --engine vllm --api``).
+
+- :mod:`~libra_cli.vllm_engine.plugin`: the ``vllm.general_plugins`` entry point (model, tokenizer, renderer);
+- :mod:`~libra_cli.vllm_engine.model`: the Libra model for vLLM (vLLM's LLM + libra's encoder and connector);
+- :mod:`~libra_cli.vllm_engine.processing`: a study (current + prior) as one multimodal item;
+- :mod:`~libra_cli.vllm_engine.tokenizer`, :mod:`~libra_cli.vllm_engine.chat`, :mod:`~libra_cli.vllm_engine.renderer`:
+  prompts and text exactly as ``libra infer``;
+- :mod:`~libra_cli.vllm_engine.engine`: options, ``vllm.LLM`` start-up, requests and reports;
+- :mod:`~libra_cli.vllm_engine.api`: the command line of vLLM's OpenAI server;
+- :mod:`~libra_cli.vllm_engine.available`: the one-line error when vLLM is missing.
+
+Importing this package imports neither vLLM nor torch; names are re-exported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "require_vllm": "libra_cli.vllm_engine.available",
+    "INSTALL_HINT": "libra_cli.vllm_engine.available",
+    "VllmOptions": "libra_cli.vllm_engine.engine",
+    "VllmModel": "libra_cli.vllm_engine.engine",
+    "load_vllm_model": "libra_cli.vllm_engine.engine",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'libra_cli.vllm_engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
