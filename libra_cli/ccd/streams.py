@@ -10,10 +10,11 @@ real tokens only, so each row sees exactly the positions of its unpadded sequenc
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
+
+from libra_cli.model.modeling import cache_kwarg
 
 IMAGE_TOKEN_INDEX = -200
 
@@ -55,7 +56,7 @@ class Streams:
         self.cache = DynamicCache()
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.pos = torch.zeros(0, dtype=torch.long, device=self.device)
-        self.cache_kw = _cache_kwarg(model)
+        self.cache_kw = cache_kwarg(model)
 
     def _forward(self, embeds: torch.Tensor | None, ids: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos,
@@ -106,15 +107,6 @@ class Streams:
         self.cache.reorder_cache(rows)
         self.mask = self.mask[rows]
         self.pos = self.pos[rows]
-
-
-def _cache_kwarg(model: Any) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x): the backbone's own name for it."""
-    for cls in type(model).__mro__:
-        forward = cls.__dict__.get("forward")
-        if forward is not None and cls.__module__.startswith("transformers."):
-            return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-    return "past_key_values"
 
 
 def _features(features: torch.Tensor | None, studies: list[int], repeat: int) -> torch.Tensor | None:

