@@ -34,6 +34,10 @@ def quiet_transformers() -> None:
     """Keep third-party chatter (progress bars, deprecation notes) out of the CLI unless --debug."""
     if os.environ.get("LIBRA_DEBUG") == "1":
         return
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, when installed, warns on stdout that it fell back to it
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -67,3 +71,14 @@ def progress_bar(console: Any, label: str, unit: str = "", transient: bool = Fal
         columns.append(TextColumn(unit))
     columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     return Progress(*columns, console=console, transient=transient, disable=disable)
+
+
+def third_party_logs_to_stderr() -> None:
+    """Loggers that libraries point at stdout (DeepSpeed's) write to stderr: stdout is for data."""
+    import logging
+    import sys
+
+    for name in ("DeepSpeed",):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+                handler.setStream(sys.stderr)

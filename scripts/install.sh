@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q ${LIBRA_TORCH:-torch==2.13.0}
-$PY -m pip install -q -e ".[dev,metrics-model]"
+# every extra that installs on a CPU machine (gpu = flash-attn builds only with nvcc; openclip needs a torchvision
+# that loads beside this torch; vllm has its own venv: scripts/install_vllm.sh)
+$PY -m pip install -q -e ".[dev,metrics-model,quant,deepspeed]"
 # RaTEScore's sentence splitters: their metadata pins spacy<3.8 (numpy 1.x on Python < 3.12), they run on the
 # spacy 3.8 / numpy 2 the extra installs; PyRuSH 1.0.13 is the reference stack's (1.0.8 splits differently)
 $PY -m pip install -q --no-deps medspacy==1.3.1 PyRuSH==1.0.13

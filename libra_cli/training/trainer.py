@@ -307,6 +307,9 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from libra_cli.console import third_party_logs_to_stderr
+
+    third_party_logs_to_stderr()
     trainer.remove_callback(PrinterCallback)  # prints the log dicts on stdout
     trainer.remove_callback(ProgressCallback)
     t0 = time.perf_counter()
