@@ -252,7 +252,7 @@ def prepare_batch(loaded: Any, samples: list[Sample], with_pixels: bool = True) 
     return BatchInputs(input_ids, mask, pixel_values, [r[0] for r in rendered], rendered[0][2], dummy)
 
 
-def _eos_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
+def stop_ids(loaded: Any, stop: str) -> tuple[list[int], list[str] | None]:
     tok = loaded.tokenizer
     eos = tok.eos_token_id
     ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -320,7 +320,7 @@ def generate(
         elif image_features is None:
             image_features = model.get_image_features(batch.pixel_values.to(dev, loaded.dtype))
         t_enc = time.perf_counter()
-        eos_ids, stop_strings = _eos_ids(loaded, batch.stop)
+        eos_ids, stop_strings = stop_ids(loaded, batch.stop)
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         extras: list[dict[str, Any]] | None = None
@@ -381,7 +381,7 @@ def _decode_standard(loaded: Any, batch: BatchInputs, settings: GenerationSettin
     scores = _sequence_scores(model, out, settings, seqs)
     n = settings.num_return_sequences
     pad = loaded.tokenizer.pad_token_id
-    return [[(_trim(seqs[i * n + j].tolist(), eos_ids, pad), scores[i * n + j] if scores is not None else None)
+    return [[(trim_at_eos(seqs[i * n + j].tolist(), eos_ids, pad), scores[i * n + j] if scores is not None else None)
              for j in range(n)] for i in range(len(batch.prompts))]
 
 
@@ -429,7 +429,7 @@ def _decode_kwargs(loaded: Any, settings: GenerationSettings, ids: torch.Tensor,
     return kw, nullcontext()
 
 
-def _trim(ids: list[int], eos_ids: list[int], pad_id: int | None) -> list[int]:
+def trim_at_eos(ids: list[int], eos_ids: list[int], pad_id: int | None) -> list[int]:
     """Cut at the first EOS (kept, as generate returns it) and drop trailing padding."""
     for k, t in enumerate(ids):
         if t in eos_ids:

@@ -77,7 +77,7 @@ def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path
             assert b.token_ids == a.token_ids, (a.id, a.token_ids, b.token_ids)
             assert b.text == a.text
             assert b.prompt == a.prompt
-        # an EOS-like stop keeps the stop id, as generate() returns it (libra's _trim)
+        # an EOS-like stop keeps the stop id, as generate() returns it (libra's trim_at_eos)
         stop_at = hf[0].token_ids[2]
         first = _vllm_with_stop(vm, samples[0], stop_at)
         assert first == hf[0].token_ids[: hf[0].token_ids.index(stop_at) + 1]

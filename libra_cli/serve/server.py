@@ -269,8 +269,8 @@ class Server:
             cur_path, prior_path = file_path(current), file_path(prior)
             if cur_path is None:
                 raise InputError("no current X-ray: upload the current study (or load the example pair) first")
-            cur_img = _load_named(load_image, cur_path, "current")
-            prior_img = _load_named(load_image, prior_path, "prior") if prior_path else None
+            cur_img = load_named(load_image, cur_path, "current")
+            prior_img = load_named(load_image, prior_path, "prior") if prior_path else None
             yield Update(status=f"loading {name} …" if self.key(name) not in self.cache else "waiting in queue …",
                          model=name)
             loaded, lock = self.cache.get(self.key(name))
@@ -347,7 +347,7 @@ class Server:
         return write_text_atomic(path, "\n".join(lines))
 
 
-def _load_named(load_image: Callable[[str], Any], path: str, what: str) -> Any:
+def load_named(load_image: Callable[[str], Any], path: str, what: str) -> Any:
     try:
         return load_image(path)
     except InputError as exc:

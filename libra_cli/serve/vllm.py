@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from libra_cli.errors import InputError, LibraError
-from libra_cli.serve.server import ServeOptions, Server, Update, _file_path, _load_named, check_port
+from libra_cli.serve.server import ServeOptions, Server, Update, check_port, file_path, load_named
 from libra_cli.vllm_engine.engine import VllmOptions
 
 
@@ -71,12 +71,12 @@ class ApiServer(Server):
 
         name = (model or self.default_model).strip()
         try:
-            cur_path, prior_path = _file_path(current), _file_path(prior)
+            cur_path, prior_path = file_path(current), file_path(prior)
             if cur_path is None:
                 raise InputError("no current X-ray: upload the current study (or load the example pair) first")
-            _load_named(load_image, cur_path, "current")
+            load_named(load_image, cur_path, "current")
             if prior_path:
-                _load_named(load_image, prior_path, "prior")
+                load_named(load_image, prior_path, "prior")
             if settings.num_beams > 1 or settings.num_return_sequences > 1:
                 raise InputError("beam search is not offered through the vLLM API; choose Greedy or Sampling")
             known = lookup(name)

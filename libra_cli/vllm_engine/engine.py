@@ -216,9 +216,9 @@ def sampling_params(vm: VllmModel, settings: Any, stop: str, seed: int | None = 
     """``GenerationSettings`` -> ``vllm.SamplingParams`` (greedy, or sampling with n candidates)."""
     from vllm import SamplingParams
 
-    from libra_cli.generation import _eos_ids
+    from libra_cli.generation import stop_ids
 
-    eos_ids, stop_strings = _eos_ids(vm, stop)
+    eos_ids, stop_strings = stop_ids(vm, stop)
     kw: dict[str, Any] = {
         "max_tokens": settings.max_new_tokens,
         "n": settings.num_return_sequences,
@@ -252,13 +252,13 @@ def beam_params(settings: Any) -> Any:
 def report(vm: VllmModel, sample: Any, text_prompt: str, stop: str, candidates: list[tuple[list[int], float | None]],
            prior_is_dummy: bool, settings: Any) -> Any:
     """libra's ``Report`` from vLLM's candidate ids, decoded and trimmed as ``generation.generate`` does."""
-    from libra_cli.generation import Candidate, Report, _eos_ids, _trim
+    from libra_cli.generation import Candidate, Report, stop_ids, trim_at_eos
     from libra_cli.prompts import strip_stop
 
-    eos_ids, _ = _eos_ids(vm, stop)
+    eos_ids, _ = stop_ids(vm, stop)
     cands = []
     for ids, score in candidates:
-        ids = _trim(list(ids), eos_ids, vm.tokenizer.pad_token_id)
+        ids = trim_at_eos(list(ids), eos_ids, vm.tokenizer.pad_token_id)
         cands.append(Candidate(strip_stop(vm.decode(ids), stop), ids, score))
     return Report(text=cands[0].text, prompt=text_prompt, token_ids=cands[0].token_ids, candidates=cands,
                   prior_is_dummy=prior_is_dummy, settings=settings.to_dict(), id=sample.id)
