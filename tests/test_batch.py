@@ -115,6 +115,27 @@ def test_shards_merge_to_the_single_run(fixture_model, images, tmp_path) -> None
     assert not b.shard_path(out, 2, 0).exists() and not b.shard_path(out, 2, 1).exists()
 
 
+@pytest.mark.parametrize("launched", [True, False])
+def test_failed_shard_defers_exit_to_the_merge_under_torchrun(fixture_model, images, tmp_path, monkeypatch,
+                                                                launched) -> None:
+    """Under torchrun a rank exiting 1 gets its peers killed before they merge: only the merging rank fails."""
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    if launched:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    items = _items(images)
+    s = GenerationSettings(max_new_tokens=2)
+    errs = [b.ErrorRecord(6, None, "input", "unreadable JSON line 7: x", "q.jsonl:7")]  # 6 % 2: shard 0's
+    out = tmp_path / "sharded.jsonl"
+    first = b.run_batch(b.BatchRunner(fixture_model, s, batch_size=2), items, errs, out, num_shards=2, shard=0)
+    assert first.failed == 1 and first.merged is False
+    assert first.exit_failed is (not launched)  # by hand, a shard reports its own failures
+    second = b.run_batch(b.BatchRunner(fixture_model, s, batch_size=2), items, errs, out, num_shards=2, shard=1)
+    assert second.failed == 0 and second.merged is True
+    assert second.failed_all_shards == 1 and second.exit_failed  # the merging rank reports every shard's
+    assert len(b.errors_path(out).read_text().splitlines()) == 1
+
+
 def test_resume_repairs_torn_tail_and_skips_done(fixture_model, images, tmp_path) -> None:
     items = _items(images)
     s = GenerationSettings(max_new_tokens=4)

@@ -139,12 +139,12 @@ def ordered_answers(items_order: list[str], answers: dict[str, dict[str, Any]]) 
     return out
 
 
-def merge_shards(out: Path, num_shards: int, order: list[str], error_order: list[tuple[int, dict[str, Any]]] | None = None
-                 ) -> bool:
+def merge_shards(out: Path, num_shards: int, order: list[str]) -> int | None:
     """Merge finished shards into ``out`` (input order) once every shard has its ``.done`` marker.
 
     Safe to call from every shard: a lock file serialises merges and the merge happens once.
-    Returns True when ``out`` now holds the merged answers.
+    Returns None while some shard is unfinished, else the number of samples that failed in all
+    shards (the merging shard reports them for everyone, see ``run_batch``).
     """
     out = Path(out)
     lock = out.with_name(f".{out.name}.merge.lock")
@@ -153,7 +153,13 @@ def merge_shards(out: Path, num_shards: int, order: list[str], error_order: list
         shards = [shard_path(out, num_shards, k) for k in range(num_shards)]
         markers = [Path(str(s) + ".done") for s in shards]
         if not all(m.exists() for m in markers):
-            return False
+            return None
+        failed = 0
+        for m in markers:
+            try:
+                failed += int(json.loads(m.read_text()).get("failed", 0))
+            except (ValueError, AttributeError):
+                failed += 1  # an unreadable marker: report a failure rather than hide one
         answers: dict[str, dict[str, Any]] = {}
         for s in shards:  # this run's answers first: they win over an earlier merge (--overwrite)
             for r in read_lines(s)[0]:
@@ -171,4 +177,4 @@ def merge_shards(out: Path, num_shards: int, order: list[str], error_order: list
             for p in (s, errors_path(s), m):
                 if p.exists():
                     p.unlink()
-    return True
+    return failed

@@ -44,6 +44,7 @@ class RunStats:
     encoded_images: int = 0
     cache_hits: int = 0
     merged: bool | None = None
+    failed_all_shards: int | None = None
     out: str = ""
     errors_out: str = ""
 
@@ -64,6 +65,25 @@ class RunStats:
         d.update(samples_per_s=self.samples_per_s, tokens_per_s=self.tokens_per_s,
                  image_wait_fraction=self.image_wait_fraction)
         return d
+
+    @property
+    def exit_failed(self) -> bool:
+        """Whether this process should exit with ``EXIT_SAMPLES_FAILED``.
+
+        Under torchrun/accelerate a rank that exits non-zero makes the launcher kill the other ranks,
+        possibly before the last one merges; so launched ranks that did not merge exit 0 and the
+        merging rank reports the failures of every shard. Shards started by hand report their own.
+        """
+        if self.merged:
+            return bool(self.failed_all_shards)
+        if self.merged is False and launched_by_torchrun():
+            return False
+        return self.failed > 0
+
+
+def launched_by_torchrun() -> bool:
+    """True under ``torchrun`` / ``accelerate launch`` (both run torch elastic agents)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def model_id_for(model: str) -> str:
@@ -363,7 +383,8 @@ def run_batch(runner: BatchRunner, items: list[Item], errors: list[ErrorRecord],
     stats = runner.run(mine, target, my_errors, overwrite=overwrite, order=[it.key for it in mine],
                        on_start=on_start, skip=skip, keep_error_index=True)
     marker.write_text(json.dumps({"answered": stats.answered, "failed": stats.failed}) + "\n")
-    stats.merged = merge_shards(out, num_shards, order)
+    stats.failed_all_shards = merge_shards(out, num_shards, order)
+    stats.merged = stats.failed_all_shards is not None
     if stats.merged:
         stats.out, stats.errors_out = str(out), str(errors_path(out))
     return stats

@@ -87,7 +87,7 @@ def batch(
         typer.echo(json.dumps(stats.to_dict(), indent=2))
     elif not quiet:
         _summary(err, stats, n, k)
-    if stats.failed:
+    if stats.exit_failed:
         raise typer.Exit(b.EXIT_SAMPLES_FAILED)
 
 
@@ -138,6 +138,7 @@ def _summary(console, stats, n: int, k: int) -> None:  # noqa: ANN001
         ("answered now", str(stats.answered)),
         ("already done (resumed)", str(stats.resumed)),
         ("failed", f"{stats.failed} (see {stats.errors_out})" if stats.failed else "0"),
+        *([("failed, all shards", str(stats.failed_all_shards))] if stats.merged and n > 1 else []),
         ("batch size", str(stats.batch_size)),
         ("wall time", f"{stats.wall_s:.1f} s"),
         ("samples/s", f"{stats.samples_per_s:.2f}"),
