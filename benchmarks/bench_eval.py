@@ -12,7 +12,8 @@ MIMIC-like pairs:
 - libra: ``libra_cli.metrics.evaluate_reports(refs, preds)`` (the same four metric families).
 
 Prints both wall times, the ratio, and checks that the numbers agree.
-Usage: ``python benchmarks/bench_eval.py [--pairs 2000] [--repeats 1]``
+Usage: ``python benchmarks/bench_eval.py [--pairs 2000] [--repeats 1] [--json benchmarks/results/bench_eval-cpu.json]``
+(install ``evaluate==0.4.6`` for a baseline that pays its import, as the original did)
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=1, help="alternate runs of each side; the best is kept")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from libra_cli.testing.reports import make_pairs
@@ -135,6 +137,17 @@ def main() -> None:
     print(f"baseline (evaluate-style, sequential; {how}): {b:7.2f} s")
     print(f"libra eval (evaluate_reports):         {lib:7.2f} s")
     print(f"speed-up: {b / lib:.2f}x   (max |difference| of raw scores: {worst:.2e})")
+    if args.json:
+        import os
+        import platform
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "pairs": args.pairs, "repeats": args.repeats, "baseline_s": base_times, "libra_s": libra_times,
+            "best_baseline_s": b, "best_libra_s": lib, "speedup": b / lib, "max_raw_difference": worst,
+            "baseline_imports_evaluate": bool(base.get("evaluate_imported")), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(), "python": platform.python_version(),
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":
