@@ -6,8 +6,7 @@ are imported lazily so that ``import libra_cli`` and ``libra --help`` stay fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from libra_cli.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -25,11 +24,5 @@ _LAZY = {
     "build_prompt": "libra_cli.prompts",
 }
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'libra_cli' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, _names = lazy_exports(__name__, _LAZY)
+__all__ = ["__version__", *_names]

@@ -11,8 +11,7 @@ Names are re-exported lazily (``from libra_cli import batch as b; b.BatchRunner`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from libra_cli.lazy import lazy_exports
 
 _MODULES = {
     "inputs": ["ImageRef", "Item", "ErrorRecord", "Columns", "qid_key", "read_questions", "read_csv", "open_dataset",
@@ -26,11 +25,4 @@ _MODULES = {
 }
 _LAZY = {name: f"libra_cli.batch.{mod}" for mod, names in _MODULES.items() for name in names}
 _LAZY["InputError"] = "libra_cli.errors"
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'libra_cli.batch' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

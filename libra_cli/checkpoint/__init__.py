@@ -13,8 +13,7 @@ Names are re-exported lazily so that importing the package costs nothing.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from libra_cli.lazy import lazy_exports
 
 _LAZY = {
     "load_model": "libra_cli.checkpoint.load",
@@ -23,11 +22,4 @@ _LAZY = {
     "hub_folder": "libra_cli.checkpoint.hub",
     "SpmCodec": "libra_cli.checkpoint.tokenizer",
 }
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'libra_cli.checkpoint' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -12,8 +12,7 @@ Public API (imported lazily so ``import libra_cli.metrics`` stays cheap)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from libra_cli.lazy import lazy_exports
 
 _LAZY = {
     "evaluate_reports": "libra_cli.metrics.api",
@@ -36,11 +35,4 @@ _LAZY = {
 }
 _RENAMED = {"provision_nltk_data": "provision"}
 
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'libra_cli.metrics' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), _RENAMED.get(name, name))
+__getattr__, __all__ = lazy_exports(__name__, _LAZY, _RENAMED)

@@ -14,8 +14,7 @@ Importing this package imports neither vLLM nor torch; names are re-exported laz
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from libra_cli.lazy import lazy_exports
 
 _LAZY = {
     "require_vllm": "libra_cli.vllm_engine.available",
@@ -24,11 +23,4 @@ _LAZY = {
     "VllmModel": "libra_cli.vllm_engine.engine",
     "load_vllm_model": "libra_cli.vllm_engine.engine",
 }
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'libra_cli.vllm_engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
