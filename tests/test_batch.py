@@ -134,6 +134,7 @@ def test_failed_shard_defers_exit_to_the_merge_under_torchrun(fixture_model, ima
     assert second.failed == 0 and second.merged is True
     assert second.failed_all_shards == 1 and second.exit_failed  # the merging rank reports every shard's
     assert len(b.errors_path(out).read_text().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded.jsonl", "sharded.jsonl.errors.jsonl"]
 
 
 def test_resume_repairs_torn_tail_and_skips_done(fixture_model, images, tmp_path) -> None:

@@ -177,4 +177,5 @@ def merge_shards(out: Path, num_shards: int, order: list[str]) -> int | None:
             for p in (s, errors_path(s), m):
                 if p.exists():
                     p.unlink()
+        lock.unlink(missing_ok=True)  # a shard still waiting on it then finds no markers: it merges nothing
     return failed
