@@ -365,6 +365,12 @@ def _decode_standard(loaded: Any, batch: BatchInputs, settings: GenerationSettin
         kw.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
     ids, mask = batch.input_ids.to(dev), batch.attention_mask.to(dev)
     decode_kw, attention = _decode_kwargs(loaded, settings, ids, mask, features)
+    want_scores = settings.num_return_sequences > 1
+    from libra_cli import beam_scores
+
+    # beam search: scores from each step's top-k, not transformers' per-step [beams, vocab] copies
+    rec = beam_scores.attach(kw, settings.num_beams) if want_scores and settings.num_beams > 1 \
+        and not settings.do_sample else None
     with attention:
         out = model.generate(
             input_ids=ids,
@@ -372,13 +378,17 @@ def _decode_standard(loaded: Any, batch: BatchInputs, settings: GenerationSettin
             eos_token_id=eos_ids,
             pad_token_id=loaded.tokenizer.pad_token_id,
             return_dict_in_generate=True,
-            output_scores=settings.num_return_sequences > 1,
+            output_scores=want_scores and rec is None,
             streamer=streamer,
             **kw,
             **decode_kw,
         )
     seqs = out.sequences[:, batch.input_ids.shape[1]:].cpu()
-    scores = _sequence_scores(model, out, settings, seqs)
+    if rec is not None:
+        scores = beam_scores.sequence_scores(rec, out.sequences, out.beam_indices, batch.input_ids.shape[1],
+                                             settings.length_penalty)
+    else:
+        scores = _sequence_scores(model, out, settings, seqs)
     n = settings.num_return_sequences
     pad = loaded.tokenizer.pad_token_id
     return [[(trim_at_eos(seqs[i * n + j].tolist(), eos_ids, pad), scores[i * n + j] if scores is not None else None)

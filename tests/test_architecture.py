@@ -22,7 +22,7 @@ OWNER = {  # first matching prefix wins
     "libra_cli.training": "applications", "libra_cli.demo": "applications", "libra_cli.doctor": "applications", "libra_cli.publish": "applications",
     "libra_cli.testing": "testing",
     "libra_cli.checkpoint": "engine", "libra_cli.generation": "engine", "libra_cli.streaming": "engine",
-    "libra_cli.ccd": "engine", "libra_cli.vllm_engine": "engine",
+    "libra_cli.ccd": "engine", "libra_cli.beam_scores": "engine", "libra_cli.vllm_engine": "engine",
     "libra_cli.model": "model",
     "libra_cli.images": "inputs", "libra_cli.prompts": "inputs", "libra_cli.jsonio": "inputs", "libra_cli.urls": "inputs",
     "libra_cli.data": "inputs", "libra_cli.metrics": "inputs",

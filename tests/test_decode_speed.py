@@ -70,3 +70,36 @@ def test_compiled_static_cache_decode_is_exact_and_one_graph(loaded, expected, m
     finally:
         loaded.compile = False
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("shared", ["1", "0"])
+def test_beam_scores_without_output_scores_are_bit_identical(loaded, monkeypatch, shared) -> None:
+    """Candidate scores from per-step top-k equal transformers' ``sequences_scores`` (its output_scores path)."""
+    from libra_cli import beam_scores
+
+    monkeypatch.setenv("LIBRA_SHARED_PREFIX", shared)
+    st = GenerationSettings(max_new_tokens=16, num_beams=4, num_return_sequences=3, length_penalty=2.0)
+    ours = generate(loaded, _samples(), st)
+    calls = []
+
+    def no_recorder(kw, num_beams):  # the path before: output_scores=True, transformers' sequences_scores
+        calls.append(num_beams)
+        return None
+
+    monkeypatch.setattr(beam_scores, "attach", no_recorder)
+    ref = generate(loaded, _samples(), st)
+    assert calls == [4]
+    for a, b in zip(ours, ref, strict=True):
+        assert [c.token_ids for c in a.candidates] == [c.token_ids for c in b.candidates]
+        assert [c.score for c in a.candidates] == [c.score for c in b.candidates]  # exact, not approx
+        assert all(c.score is not None for c in a.candidates)
+
+
+def test_beam_score_recorder_keeps_k_per_row_not_the_vocabulary(loaded) -> None:
+    from libra_cli import beam_scores
+
+    kw: dict = {}
+    rec = beam_scores.attach(kw, 10)
+    scores = torch.randn(20, 32000).log_softmax(-1)
+    assert torch.equal(kw["logits_processor"][-1](torch.zeros(20, 3, dtype=torch.long), scores), scores)
+    assert rec.values[0].shape == (20, 28)  # 2 x beams + 8, not 32,000
