@@ -137,3 +137,16 @@ def test_package_init_files_import_nothing_eagerly() -> None:
         if path.name == "__init__.py" and name != "libra_cli.model":
             eager = sorted(GRAPH[name] - {"libra_cli.lazy"})  # the lazy-export helper itself imports only stdlib
             assert not eager, f"{path} imports {eager}; re-export lazily instead"
+
+
+def test_benchmark_helpers_resolve_to_this_repo() -> None:
+    """pysbd (RaTEScore) installs a top-level ``benchmarks`` package; ours must win where the scripts import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import benchmarks.baseline_images, benchmarks.gpu_suite; "
+            "print(benchmarks.__file__)")
+    r = subprocess.run([sys.executable, "-c", code, str(PKG.parent)], capture_output=True, text=True, timeout=120,
+                       cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(PKG.parent / "benchmarks" / "__init__.py")
