@@ -111,7 +111,7 @@ def gpu_7b(steps: int, batch: int, text_tokens: int, shape: str = "7b", dev: str
     """A random 7B-shaped Libra in bf16 on the GPU with the stage-2 LoRA (r 128, alpha 256), gradient checkpointing."""
     from peft import LoraConfig, get_peft_model
 
-    from libra_cli.model.encoders import load_vision_tower
+    from libra_cli.checkpoint.tower import load_vision_tower
     from libra_cli.model.modeling import BACKBONES
     from libra_cli.testing.tiny import libra_config, make_vision_tower
     from libra_cli.training.model import lora_target_regex
