@@ -28,7 +28,7 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
     img = Image.open(CXR / "current.jpg").convert("L")
     img.thumbnail((120, 120))
     img.save(tmp_path / "c.png")
-    n = 16
+    n = 64  # enough work left after the 4th line that a fast machine cannot finish before the kill
     q = tmp_path / "q.jsonl"
     q.write_text("".join(json.dumps({"question_id": i, "image": ["c.png"], "text": "Describe." + " ok" * (i % 3)}) + "\n"
                          for i in range(n)))
