@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,11 @@ def _answers(runner: Any, q: Path, out: Path) -> list[str]:
     return [json.loads(line)["text"] for line in out.read_text().splitlines()]
 
 
-def test_beams_without_ngram_ban_equal_transformers(tiny: dict[str, Any], tmp_path: Path) -> None:
-    """Beam search (3 beams) equals --engine hf with no_repeat_ngram_size 0 while no beam ends early.
+def test_beams_equal_transformers_with_and_without_the_ngram_ban(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Beam search (3 beams, length penalty 2) on --engine vllm equals --engine hf, with the paper's 3-gram ban too.
 
-    Pinned difference (docs/engines.md): vLLM's beam search has no no_repeat_ngram_size, so the
-    paper decoding (3-gram ban, the default with beams) gives vLLM's unbanned beams.
+    libra drives transformers' beam algorithm on vLLM (libra_cli/vllm_engine/beams.py); vLLM's own
+    beam search (no n-gram ban) is used only with sampling, a repetition penalty or a stop string.
     """
     from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
 
@@ -194,15 +195,74 @@ def _beams(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
 
     q = tmp_path / "qb.jsonl"
     _questions(images, q)
-    plain = GenerationSettings(max_new_tokens=MAX_NEW, num_beams=3, length_penalty=2.0, no_repeat_ngram_size=0)
-    paper = GenerationSettings(max_new_tokens=MAX_NEW, num_beams=3, length_penalty=2.0)
     lm = load_model(str(folder), device="cpu", dtype="float32")
-    hf = _answers(b.BatchRunner(lm, plain, batch_size=4), q, tmp_path / "hf-b.jsonl")
-    v = _answers(VllmBatchRunner(vm, plain, window=4), q, tmp_path / "v-b.jsonl")
+    texts = {}
+    for name, ngram in (("plain", 0), ("paper", None)):
+        st = GenerationSettings(max_new_tokens=MAX_NEW, num_beams=3, length_penalty=2.0, no_repeat_ngram_size=ngram,
+                                num_return_sequences=2)
+        hf_out, v_out = tmp_path / f"hf-{name}.jsonl", tmp_path / f"v-{name}.jsonl"
+        hf = _answers(b.BatchRunner(lm, st, batch_size=4), q, hf_out)
+        v = _answers(VllmBatchRunner(vm, st, window=4), q, v_out)
+        assert v == hf, name
+        hf_c = [json.loads(x)["metadata"]["candidates"] for x in hf_out.read_text().splitlines()]
+        v_c = [json.loads(x)["metadata"]["candidates"] for x in v_out.read_text().splitlines()]
+        assert [[c["text"] for c in r] for r in v_c] == [[c["text"] for c in r] for r in hf_c], name  # 2nd beam too
+        assert [c["score"] for r in v_c for c in r] == pytest.approx([c["score"] for r in hf_c for c in r],
+                                                                     abs=1e-3)  # transformers' normalisation
+        texts[name] = v
+    assert texts["paper"] != texts["plain"]  # the ban changed something: the test sees it
+
+
+def _eos_prone_copy(folder: Path, dst: Path, lm: Any, images: list[Path]) -> int:
+    """A copy whose EOS row is 0.98 x the row of the token greedy decoding writes most: beams end early."""
+    from collections import Counter
+
+    from safetensors.torch import load_file, save_file
+
+    from libra_cli.generation import GenerationSettings, Sample, generate
+
+    reps = generate(lm, [Sample(images[i], images[i + 1]) for i in range(0, 8, 2)], GenerationSettings(max_new_tokens=MAX_NEW))
+    frequent = Counter(t for r in reps for t in r.token_ids).most_common(1)[0][0]
+    shutil.copytree(folder, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    eos = lm.tokenizer.eos_token_id
+    state["lm_head.weight"][eos] = 0.98 * state["lm_head.weight"][frequent]
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return eos
+
+
+def test_beams_that_end_early_equal_transformers(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Beams ending on EOS before the last step: transformers' length normalisation and stopping rule, on vLLM."""
+    from libra_cli import batch as b
+    from libra_cli.batch.vllm import VllmBatchRunner
+    from libra_cli.checkpoint.load import load_model
+    from libra_cli.generation import GenerationSettings, Sample, generate
+    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+
+    images = tiny["images"]
+    base = load_model(str(tiny["models"]["tac"]), device="cpu", dtype="float32")
+    folder = tiny["models"]["tac"].parent / "eos-prone"  # beside the tac model: its tower path is ../tiny-rad-dino
+    eos = _eos_prone_copy(tiny["models"]["tac"], folder, base, images)
+    lm = load_model(str(folder), device="cpu", dtype="float32")
+    # length penalty 0.5 lets short beams win (with 2.0 the longest always does); the 3-gram ban is on
+    st = GenerationSettings(max_new_tokens=MAX_NEW, num_beams=3, length_penalty=0.5, num_return_sequences=2)
+    reps = generate(lm, [Sample(images[i], images[i + 1] if i % 4 == 0 else None) for i in range(0, 20, 2)], st)
+    ended = [c.token_ids for r in reps for c in r.candidates if c.token_ids[-1] == eos and len(c.token_ids) < MAX_NEW]
+    assert ended  # the test exercises early ends
+    q = tmp_path / "q.jsonl"
+    _questions(images, q)
+    vm = load_vllm_model(str(folder), dtype="float32", options=VllmOptions(enforce_eager=True))
+    try:
+        runner = VllmBatchRunner(vm, st, window=4)
+        assert runner.exact_beams  # transformers' algorithm, not vLLM's own beam search
+        v = _answers(runner, q, tmp_path / "v.jsonl")
+    finally:
+        vm.close()
+    hf = _answers(b.BatchRunner(lm, st, batch_size=4), q, tmp_path / "hf.jsonl")
     assert v == hf
-    v_paper = _answers(VllmBatchRunner(vm, paper, window=4), q, tmp_path / "v-p.jsonl")
-    hf_paper = _answers(b.BatchRunner(lm, paper, batch_size=4), q, tmp_path / "hf-p.jsonl")
-    assert v_paper == v and hf_paper != hf
+    cands = [[[c["text"] for c in json.loads(x)["metadata"]["candidates"]] for x in (tmp_path / f).read_text().splitlines()]
+             for f in ("v.jsonl", "hf.jsonl")]
+    assert cands[0] == cands[1]
 
 
 def test_incremental_detokenization_equals_libra_decode(tiny: dict[str, Any]) -> None:

@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from libra_cli.batch.images import ImagePrefetcher, decode_image
 from libra_cli.batch.inputs import ErrorRecord, Item
 from libra_cli.batch.runner import BatchRunner, RunStats
 from libra_cli.console import warn_once
 from libra_cli.errors import InputError
+from libra_cli.generation import stop_ids
 from libra_cli.vllm_engine import engine as E
 from libra_cli.vllm_engine.available import require_vllm
 
@@ -41,9 +44,12 @@ class VllmBatchRunner(BatchRunner):
         self.window = max(1, int(window))
         self.stop = get_template(vm.conv_mode).stop_string
         self._writer: Any = None
-        if settings.num_beams > 1 and settings.hf_kwargs().get("no_repeat_ngram_size"):
-            warn_once("vllm-ngram", "vLLM's beam search has no no_repeat_ngram_size: beams differ from --engine hf "
-                                    "(the paper decoding); see docs/engines.md")
+        self.exact_beams = settings.num_beams > 1 and not settings.do_sample and not settings.repetition_penalty \
+            and not stop_ids(vm, self.stop)[1]
+        if settings.num_beams > 1 and not self.exact_beams:
+            warn_once("vllm-beams", "with sampling, --repetition-penalty or a stop string, --engine vllm runs vLLM's "
+                                    "own beam search (no n-gram ban, other length normalisation): beams differ from "
+                                    "--engine hf; see docs/engines.md")
 
     def _batch_size(self, lengths: dict[int, int], n: int) -> int:
         return self.window
@@ -132,17 +138,15 @@ class VllmBatchRunner(BatchRunner):
         stats.model_s += time.perf_counter() - t
 
     def _beam_search(self, ready: Iterator[tuple[Item, dict[str, Any]]], writer: Any, stats: RunStats) -> None:
-        """Beam search in chunks of ``window`` studies (vLLM runs beams outside its engine loop)."""
-        params = E.beam_params(self.settings)
+        """Beam search in chunks of ``window`` studies: transformers' algorithm on vLLM (:mod:`~libra_cli.vllm_engine.beams`),
+        or vLLM's own where that cannot be exact."""
         chunk: list[tuple[Item, dict[str, Any]]] = []
 
         def run() -> None:
             t = time.perf_counter()
-            outs = self.vm.llm.beam_search([{k: v for k, v in p.items() if k != "prompt"} for _, p in chunk], params)
+            all_cands = self._exact_beams(chunk) if self.exact_beams else self._native_beams(chunk)
             records, ntok = [], 0
-            for (it, prompt), out in zip(chunk, outs, strict=True):
-                seqs = out.sequences[: self.settings.num_return_sequences]
-                cands = [(s.tokens[self._prompt_len(s):], float(s.cum_logprob)) for s in seqs]
+            for (it, prompt), cands in zip(chunk, all_cands, strict=True):
                 rep = self._report(it, prompt, cands)
                 ntok += len(rep.token_ids)
                 records.append(self._record(it, rep))
@@ -157,9 +161,22 @@ class VllmBatchRunner(BatchRunner):
         if chunk:
             run()
 
-    @staticmethod
-    def _prompt_len(seq: Any) -> int:
-        return len(seq.orig_prompt["prompt_token_ids"])
+    def _exact_beams(self, chunk: list[tuple[Item, dict[str, Any]]]) -> list[list[tuple[list[int], float]]]:
+        from libra_cli.generation import prompt_ids
+        from libra_cli.vllm_engine.beams import BeamStudy, beam_search
+
+        s = self.settings
+        studies = [BeamStudy({k: v for k, v in p.items() if k != "prompt"},
+                             np.asarray(prompt_ids(self.vm, self._sample(it))[1], dtype=np.int64)) for it, p in chunk]
+        return beam_search(self.vm.llm, studies, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens,
+                           length_penalty=s.length_penalty, no_repeat_ngram_size=s.hf_kwargs().get("no_repeat_ngram_size", 0),
+                           stop_ids=stop_ids(self.vm, self.stop)[0], num_return_sequences=s.num_return_sequences)
+
+    def _native_beams(self, chunk: list[tuple[Item, dict[str, Any]]]) -> list[list[tuple[list[int], float]]]:
+        outs = self.vm.llm.beam_search([{k: v for k, v in p.items() if k != "prompt"} for _, p in chunk],
+                                       E.beam_params(self.settings))
+        return [[(q.tokens[len(q.orig_prompt["prompt_token_ids"]):], float(q.cum_logprob))
+                 for q in out.sequences[: self.settings.num_return_sequences]] for out in outs]
 
     def _report(self, it: Item, prompt: dict[str, Any], cands: list[tuple[list[int], float | None]]) -> Any:
         return E.report(self.vm, self._sample(it), prompt["prompt"], self.stop, cands,

@@ -83,6 +83,7 @@ def engine_kwargs(folder: str, dtype: str, options: VllmOptions, vision_tower: s
         "enforce_eager": options.enforce_eager,
         "seed": options.seed,
         "trust_remote_code": False,
+        "max_logprobs": 128,  # exact beam search asks for K + banned-token log-probs per beam (vllm_engine.beams)
     }
     if overrides:
         kw["hf_overrides"] = overrides
