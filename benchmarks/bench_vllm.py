@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start)")
     ap.add_argument("--quick", action="store_true", help="16 studies, 32 new tokens")
+    ap.add_argument("--beams", type=int, default=0,
+                    help="also the paper decoding (N beams, length penalty 2, 3-gram ban) on both engines")
     ap.add_argument("--json", type=Path, default=Path("bench_vllm.json"), help="results file")
     args = ap.parse_args()
     if args.quick:
@@ -93,6 +95,8 @@ def main() -> int:
 
     run(b.BatchRunner(loaded, settings, batch_size=2), "warm-hf", items[:2])
     hf = run(b.BatchRunner(loaded, settings, batch_size=args.batch), "hf")
+    beam_settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.beams, length_penalty=2.0)
+    hf_beams = run(b.BatchRunner(loaded, beam_settings, batch_size=args.batch), "hf-beams") if args.beams else None
     del loaded
 
     t = time.perf_counter()
@@ -102,6 +106,7 @@ def main() -> int:
         run(VllmBatchRunner(vm, settings, window=2), "warm-vllm", items[:2])
         v16 = run(VllmBatchRunner(vm, settings, window=args.batch), "vllm")
         vdef = run(VllmBatchRunner(vm, settings, window=2 * vm.max_num_seqs), "vllm-window")
+        v_beams = run(VllmBatchRunner(vm, beam_settings, window=args.batch), "vllm-beams") if args.beams else None
     finally:
         vm.close()
 
@@ -117,12 +122,21 @@ def main() -> int:
         "ratio_vllm_window_vs_hf_batch": round(vdef["studies_per_s"] / hf["studies_per_s"], 2),
         "same_text": f"{same}/{len(items)}",
     }
+    if hf_beams and v_beams:
+        results["runs"] += [{k: v for k, v in r.items() if k != "texts"} for r in (hf_beams, v_beams)]
+        results["beams"] = {"num_beams": args.beams, "length_penalty": 2.0, "no_repeat_ngram_size": 3,
+                            "ratio_vllm_vs_hf": round(v_beams["studies_per_s"] / hf_beams["studies_per_s"], 2),
+                            "same_text": f"{sum(a == c for a, c in zip(hf_beams['texts'], v_beams['texts'], strict=True))}"
+                                         f"/{len(items)}"}
     print(f"{'engine':12s} {'studies/s':>10s} {'tokens/s':>10s} {'wall s':>8s}")
     for r in results["runs"]:
         print(f"{r['engine']:12s} {r['studies_per_s']:10.3f} {r['tokens_per_s']:10.1f} {r['wall_s']:8.2f}")
     print(f"start-up: hf {hf_start:.1f} s, vllm {vllm_start:.1f} s; same greedy text: {same}/{len(items)}")
     print(f"ratio studies/s vllm / hf at batch {args.batch}: {ratio:.2f}x "
           f"(vllm window {2 * vm.max_num_seqs}: {results['ratio_vllm_window_vs_hf_batch']:.2f}x)")
+    if "beams" in results:
+        bm = results["beams"]
+        print(f"paper decoding ({args.beams} beams): vllm / hf {bm['ratio_vllm_vs_hf']:.2f}x, same text {bm['same_text']}")
     args.json.write_text(json.dumps(results, indent=2))
     print(f"saved {args.json}")
     shutil.rmtree(tmp, ignore_errors=True)
