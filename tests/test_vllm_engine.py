@@ -47,7 +47,7 @@ def _vllm_reports(vm: Any, samples: list[Any], settings: Any) -> list[Any]:
     for s in samples:
         prior = decode_image(s.prior, vm) if s.prior and vm.uses_prior else None
         reqs.append(E.request(vm, s, decode_image(s.current, vm), prior))
-    outs = vm.llm.generate([{k: v for k, v in r.items() if k != "prompt"} for r in reqs],
+    outs = vm.llm.generate([E.engine_prompt(r) for r in reqs],
                            E.sampling_params(vm, settings, stop), use_tqdm=False)
     return [E.report(vm, s, r["prompt"], stop, [(list(o.outputs[0].token_ids), None)], s.prior is None, settings)
             for s, r, o in zip(samples, reqs, outs, strict=True)]
@@ -117,8 +117,7 @@ def _vllm_with_stop(vm: Any, sample: Any, stop_id: int) -> list[int]:
 
     cur = decode_image(sample.current, vm)
     prior = decode_image(sample.prior, vm) if sample.prior else None
-    req = E.request(vm, sample, cur, prior)
-    del req["prompt"]
+    req = E.engine_prompt(E.request(vm, sample, cur, prior))
     out = vm.llm.generate([req], SamplingParams(temperature=0, max_tokens=MAX_NEW, stop_token_ids=[stop_id]),
                           use_tqdm=False)
     return list(out[0].outputs[0].token_ids)

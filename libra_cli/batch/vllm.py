@@ -44,8 +44,9 @@ class VllmBatchRunner(BatchRunner):
         self.window = max(1, int(window))
         self.stop = get_template(vm.conv_mode).stop_string
         self._writer: Any = None
+        self.stop_ids, stop_strings = stop_ids(vm, self.stop)
         self.exact_beams = settings.num_beams > 1 and not settings.do_sample and not settings.repetition_penalty \
-            and not stop_ids(vm, self.stop)[1]
+            and not stop_strings
         if settings.num_beams > 1 and not self.exact_beams:
             warn_once("vllm-beams", "with sampling, --repetition-penalty or a stop string, --engine vllm runs vLLM's "
                                     "own beam search (no n-gram ban, other length normalisation): beams differ from "
@@ -122,7 +123,7 @@ class VllmBatchRunner(BatchRunner):
                 params = E.sampling_params(self.vm, self.settings, self.stop)
                 params.output_kind = RequestOutputKind.FINAL_ONLY
                 rid = f"libra-{it.index}"
-                engine.add_request(rid, {k: v for k, v in prompt.items() if k != "prompt"}, params)
+                engine.add_request(rid, E.engine_prompt(prompt), params)
                 in_flight[rid] = (it, prompt)
             if not in_flight:
                 break
@@ -162,18 +163,16 @@ class VllmBatchRunner(BatchRunner):
             run()
 
     def _exact_beams(self, chunk: list[tuple[Item, dict[str, Any]]]) -> list[list[tuple[list[int], float]]]:
-        from libra_cli.generation import prompt_ids
         from libra_cli.vllm_engine.beams import BeamStudy, beam_search
 
         s = self.settings
-        studies = [BeamStudy({k: v for k, v in p.items() if k != "prompt"},
-                             np.asarray(prompt_ids(self.vm, self._sample(it))[1], dtype=np.int64)) for it, p in chunk]
+        studies = [BeamStudy(E.engine_prompt(p), np.asarray(p["libra_ids"], dtype=np.int64)) for _, p in chunk]
         return beam_search(self.vm.llm, studies, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens,
                            length_penalty=s.length_penalty, no_repeat_ngram_size=s.hf_kwargs().get("no_repeat_ngram_size", 0),
-                           stop_ids=stop_ids(self.vm, self.stop)[0], num_return_sequences=s.num_return_sequences)
+                           stop_ids=self.stop_ids, num_return_sequences=s.num_return_sequences)
 
     def _native_beams(self, chunk: list[tuple[Item, dict[str, Any]]]) -> list[list[tuple[list[int], float]]]:
-        outs = self.vm.llm.beam_search([{k: v for k, v in p.items() if k != "prompt"} for _, p in chunk],
+        outs = self.vm.llm.beam_search([E.engine_prompt(p) for _, p in chunk],
                                        E.beam_params(self.settings))
         return [[(q.tokens[len(q.orig_prompt["prompt_token_ids"]):], float(q.cum_logprob))
                  for q in out.sequences[: self.settings.num_return_sequences]] for out in outs]

@@ -135,23 +135,16 @@ def run_api(model: str, *, host: str, port: int, dtype: str = "auto", options: V
             vision_tower: str | None = None, conv_mode: str | None = None, served_model_name: str | None = None,
             log: Any = print) -> None:
     """Replace this process with vLLM's API server (Ctrl-C / SIGTERM stop it and its engine)."""
-    from libra_cli.checkpoint import layout, registry, runtime
-    from libra_cli.checkpoint.hub import hub_folder
-    from libra_cli.checkpoint.load import read_config
+    from libra_cli.checkpoint import registry, runtime
     from libra_cli.vllm_engine.api import api_argv
     from libra_cli.vllm_engine.available import require_vllm, server_logging_env
-    from libra_cli.vllm_engine.engine import on_cpu
+    from libra_cli.vllm_engine.engine import full_checkpoint, on_cpu
 
     require_vllm()
     options = options or VllmOptions()
     options.validate()
     check_port(host, port)
-    folder = hub_folder(model, what="model")
-    kind = layout.folder_kind(folder)
-    if kind != "full":
-        raise InputError(f"{model} is a {kind} folder; the vLLM server runs full checkpoints: merge it first "
-                         "(libra convert FOLDER merged/ --model-base BASE)")
-    config = read_config(folder)
+    folder, config = full_checkpoint(model, "the vLLM server")
     conv = conv_mode or registry.default_conv_mode(model, config)
     known = registry.lookup(model)
     torch_dtype = runtime.resolve_dtype(dtype, "cpu" if on_cpu() else "cuda", config)

@@ -160,13 +160,25 @@ class VllmModel:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
 
+def full_checkpoint(model: str, who: str, alternative: str = "") -> tuple[str, Any]:
+    """(local folder, config) of a full checkpoint; vLLM cannot apply LoRA or projector-only folders."""
+    from libra_cli.checkpoint import layout
+    from libra_cli.checkpoint.hub import hub_folder
+    from libra_cli.checkpoint.load import read_config
+
+    folder = hub_folder(model, what="model")
+    kind = layout.folder_kind(folder)
+    if kind != "full":
+        raise InputError(f"{model} is a {kind} folder; {who} runs full checkpoints: merge it first "
+                         f"(libra convert FOLDER merged/ --model-base BASE){alternative}")
+    return folder, read_config(folder)
+
+
 def load_vllm_model(model: str, *, vision_tower: str | None = None, conv_mode: str | None = None,
                     dtype: str = "auto", options: VllmOptions | None = None) -> VllmModel:
     """Start vLLM on a full Libra checkpoint (hub id or folder)."""
     from libra_cli import prompts
-    from libra_cli.checkpoint import layout, registry, runtime
-    from libra_cli.checkpoint.hub import hub_folder
-    from libra_cli.checkpoint.load import read_config
+    from libra_cli.checkpoint import registry, runtime
     from libra_cli.console import quiet_transformers, warn_once
     from libra_cli.vllm_engine.available import require_vllm
 
@@ -175,12 +187,7 @@ def load_vllm_model(model: str, *, vision_tower: str | None = None, conv_mode: s
     options = options or VllmOptions()
     options.validate()
     t0 = time.perf_counter()
-    folder = hub_folder(model, what="model")
-    kind = layout.folder_kind(folder)
-    if kind != "full":
-        raise InputError(f"{model} is a {kind} folder; --engine vllm runs full checkpoints: merge it first "
-                         "(libra convert FOLDER merged/ --model-base BASE) or use --engine hf")
-    config = read_config(folder)
+    folder, config = full_checkpoint(model, "--engine vllm", " or use --engine hf")
     chosen = registry.default_conv_mode(model, config)
     if conv_mode and conv_mode != chosen:
         prompts.get_template(conv_mode)
@@ -207,10 +214,18 @@ def request(vm: VllmModel, sample: Any, current: np.ndarray, prior: np.ndarray |
     """One vLLM prompt: libra's ids with one placeholder for the study, and its preprocessed images."""
     from libra_cli.generation import prompt_ids
 
-    text, _, _ = prompt_ids(vm, sample)
+    text, libra_ids, _ = prompt_ids(vm, sample)
     ids = vm.vtok.encode_study(text)
     images = [current] if prior is None else [current, prior]
-    return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}, "prompt": text}
+    return {"prompt_token_ids": ids, "multi_modal_data": {"image": images}, "prompt": text, "libra_ids": libra_ids}
+
+
+LIBRA_KEYS = ("prompt", "libra_ids")  # what a request carries for libra (text, transformers-side ids), not for vLLM
+
+
+def engine_prompt(request: dict[str, Any]) -> dict[str, Any]:
+    """The part of a :func:`request` that vLLM takes."""
+    return {k: v for k, v in request.items() if k not in LIBRA_KEYS}
 
 
 def sampling_params(vm: VllmModel, settings: Any, stop: str, seed: int | None = None) -> Any:
