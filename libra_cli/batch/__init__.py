@@ -16,7 +16,7 @@ from libra_cli.lazy import lazy_exports
 _MODULES = {
     "inputs": ["ImageRef", "Item", "ErrorRecord", "Columns", "qid_key", "read_questions", "read_csv", "open_dataset",
                "read_dataset", "read_input"],
-    "plan": ["shard_items", "shard_path", "errors_path", "plan_batches", "shard_from_env", "resolve_shard",
+    "plan": ["shard_items", "shard_path", "errors_path", "plan_batches", "shard_from_env", "launched_by_torchrun", "resolve_shard",
              "parse_batch_size", "apply_limit", "shard_device", "per_sample_bytes", "pick_batch_size",
              "auto_batch_size"],
     "images": ["decode_image", "ImagePrefetcher", "EncoderCache"],

@@ -71,6 +71,11 @@ def shard_from_env() -> tuple[int, int]:
         return 1, 0
 
 
+def launched_by_torchrun() -> bool:
+    """True under ``torchrun`` / ``accelerate launch`` (both run torch elastic agents)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
 def resolve_shard(num_shards: int | None, shard: int | None) -> tuple[int, int]:
     """(num_shards, shard) from the flags, else from the launcher's environment."""
     env_n, env_k = shard_from_env()

@@ -20,7 +20,14 @@ from libra_cli.atomic import naming, write_jsonl_atomic
 from libra_cli.batch.images import EncoderCache, ImagePrefetcher, decode_image
 from libra_cli.batch.inputs import ErrorRecord, ImageRef, Item, qid_key
 from libra_cli.batch.output import AnswerWriter, answer_id, merge_shards, ordered_answers, read_lines
-from libra_cli.batch.plan import auto_batch_size, errors_path, plan_batches, shard_items, shard_path
+from libra_cli.batch.plan import (
+    auto_batch_size,
+    errors_path,
+    launched_by_torchrun,
+    plan_batches,
+    shard_items,
+    shard_path,
+)
 from libra_cli.errors import InputError, is_oom
 
 EXIT_SAMPLES_FAILED = 1
@@ -79,11 +86,6 @@ class RunStats:
         if self.merged is False and launched_by_torchrun():
             return False
         return self.failed > 0
-
-
-def launched_by_torchrun() -> bool:
-    """True under ``torchrun`` / ``accelerate launch`` (both run torch elastic agents)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def model_id_for(model: str) -> str:
