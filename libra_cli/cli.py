@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from libra_cli import __version__
+from libra_cli.console import quiet_third_party, set_verbose
 from libra_cli.errors import LibraError, explain
 
 app = typer.Typer(
@@ -27,6 +28,24 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def _hide_flag_types() -> None:
+    """typer >= 0.2x prints ``<bool>`` beside every on/off flag in ``--help``; a flag takes no value, so show none."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_libra", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    display_type_rich._libra = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"libra {__version__}")
@@ -36,7 +55,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (implies --verbose)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show third-party libraries' notices and warnings."),
 ) -> None:
     """libra: run, evaluate and train Libra chest X-ray report generators."""
     if debug:
@@ -64,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    set_verbose(debug or "--verbose" in argv)
+    quiet_third_party()
     try:
         app(args=argv, prog_name="libra", standalone_mode=True)
     except LibraError as exc:

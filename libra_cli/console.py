@@ -30,9 +30,45 @@ def warn_once(key: str, message: str) -> None:
     err_console().print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
+_verbose = False
+
+# Notices that ask nothing of the user, and where they come from (shown with --verbose):
+# bitsandbytes (installed by the quant extra) tries a hub kernel on every import on a bf16 CPU and logs that it
+# could not fetch it offline; `kernels` logs that it skipped a trust check it was not asked to make; peft warns
+# at every adapter save when the base is a name it cannot open (`--model demo`), though the vocabulary is known.
+QUIET_LOGGERS = ("bitsandbytes", "kernels")
+QUIET_WARNINGS = (
+    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
+    (FutureWarning, ""),
+)
+
+
+def set_verbose(on: bool) -> None:
+    """``--verbose`` / ``--debug``: show third-party notices as they come."""
+    global _verbose
+    _verbose = on
+
+
+def verbose() -> bool:
+    return _verbose or os.environ.get("LIBRA_DEBUG") == "1"
+
+
+def quiet_third_party() -> None:
+    """Silence the notices in :data:`QUIET_LOGGERS` / :data:`QUIET_WARNINGS` (cheap: no imports); the CLI
+    calls it once at start, before any library loads."""
+    if verbose():
+        return
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def quiet_transformers() -> None:
-    """Keep third-party chatter (progress bars, deprecation notes) out of the CLI unless --debug."""
-    if os.environ.get("LIBRA_DEBUG") == "1":
+    """Keep third-party chatter (progress bars, deprecation notes) out of the CLI unless --verbose / --debug."""
+    if verbose():
         return
     import torch
 

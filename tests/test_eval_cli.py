@@ -162,6 +162,28 @@ def test_cli_compare(files: tuple[Path, Path, Path]) -> None:
     assert res["b"]["scores"]["ROUGE-L"] > res["a"]["scores"]["ROUGE-L"]
 
 
+def test_compare_equal_per_pair_values_is_no_difference(tmp_path: Path) -> None:
+    """Texts differ but every per-pair Temporal F1 is the same (only the metric's 1e-10 epsilon terms move with
+    the entity counts): delta 0 and p = 1, not a 'significant' +0.00."""
+    refs = ["Effusion has increased.", "Edema is new.", "Heart size is stable.", "No change."] * 10
+    a = ["Heart is stable.", "Edema is new.", "Heart size is stable.", "Lungs are clear."] * 10
+    b = ["Heart is unchanged, improved.", "Edema is new, unlike before.", "Heart size is stable today.", "Clear lungs."] * 10
+    r = write_jsonl(tmp_path / "r.jsonl", [{"question_id": i, "reference": t} for i, t in enumerate(refs)])
+    pa = write_jsonl(tmp_path / "a.jsonl", [{"question_id": i, "text": t} for i, t in enumerate(a)])
+    pb = write_jsonl(tmp_path / "b.jsonl", [{"question_id": i, "text": t} for i, t in enumerate(b)])
+    per_a = lexical.temporal_f1_score(refs, a)["scores"]
+    per_b = lexical.temporal_f1_score(refs, b)["scores"]
+    assert per_a != per_b and np.allclose(per_a, per_b, rtol=0, atol=1e-9)  # the case: equal up to epsilon terms
+    res = json.loads(run(str(r), str(pa), "--compare", str(pb), "--metrics", "temporal", "--json").stdout)
+    assert res["test"]["Temporal_entity_score"] == {"delta": 0.0, "p_value": 1.0, "ci_low": 0.0, "ci_high": 0.0}
+    # a real one-pair difference is still a difference
+    b2 = list(a)
+    b2[0] = "Effusion has increased."
+    pb2 = write_jsonl(tmp_path / "b2.jsonl", [{"question_id": i, "text": t} for i, t in enumerate(b2)])
+    res = json.loads(run(str(r), str(pa), "--compare", str(pb2), "--metrics", "temporal", "--json").stdout)
+    assert res["test"]["Temporal_entity_score"]["delta"] > 0 and res["test"]["Temporal_entity_score"]["p_value"] < 1
+
+
 def test_cli_errors_are_one_line_exit_2(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     r, p, _ = files
     bad = tmp_path / "bad.jsonl"

@@ -72,6 +72,14 @@ def test_suite_libra_without_models_gives_the_lexical_part_and_names_what_was_sk
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
 
 
+def test_a_suite_that_scores_nothing_is_an_error_naming_the_download(pairs, empty_cache) -> None:  # noqa: ANN001
+    r, p = pairs
+    out = run(str(r), str(p), "--suite", "chexbert", env=empty_cache)
+    assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
+    assert "--suite chexbert scored nothing" in out.stderr and "Traceback" not in out.stderr
+    assert "libra eval download" in out.stderr or "pip install" in out.stderr, out.stderr
+
+
 def test_batch_output_and_rexrank_submission_are_read_as_one_file(tmp_path: Path) -> None:
     batch = tmp_path / "answers.jsonl"
     batch.write_text("".join(json.dumps({"question_id": q, "text": t, "metadata": {"reference": ref, "settings": {}}}) + "\n"

@@ -112,7 +112,11 @@ def test_ratescore_equals_the_package_pair_by_pair_and_stays_aligned(scorers) ->
     from libra_cli.metrics import groups
 
     out = groups.ratescore_group(scorers, REFS, HYPS, [str(i) for i in range(len(REFS))])
-    _close(out.per_pair["RaTEScore"], REF["ratescore"], 1e-5)
+    # pairs whose score rests on a float-rounding tie of the random model (reference_run._ratescore_tied) are
+    # not pinned: the package's own choice there differs between CPUs; the tiny models keep them rare
+    ties = set(REF["ratescore_ties"])
+    assert len(ties) <= len(REFS) // 50
+    _close(out.per_pair["RaTEScore"], [None if i in ties else v for i, v in enumerate(REF["ratescore"])], 1e-5)
     unscorable = [i for i, v in enumerate(REF["ratescore"]) if v is None]  # the package raises IndexError there
     assert unscorable and all(out.per_pair["RaTEScore"][i] == 0.5 for i in unscorable)
     assert any(f"{len(unscorable)} pair(s)" in note for note in out.notes)

@@ -253,3 +253,27 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(ti
     assert res.stdout.splitlines() == [str(out)]
     assert "loss" in res.stderr
     assert (out / "checkpoint-4" / "trainer_state.json").is_file() and not list(out.glob(".staging-*"))
+
+
+NOTICES = ("kernels-community", "publisher trust", "Could not find a config file", "UserWarning", "FutureWarning")
+
+
+def test_cpu_training_is_quiet_by_default_and_verbose_on_request(tiny):
+    """A LoRA run on the demo base prints its progress and summary only: no third-party notices that ask nothing
+    of the user (bitsandbytes' hub kernel, kernels' trust check, peft's config guess), no empty step line."""
+    import subprocess
+    import sys
+
+    args = ["train", "finetune", "--recipe", "tiny-cpu", "--set", "model_name_or_path=demo",
+            "--set", f"data_path={tiny / 'train.json'}", "--set", f"image_folder={tiny / 'images'}",
+            "--set", "max_steps=1", "--set", "save_steps=1"]
+    res = subprocess.run([sys.executable, "-m", "libra_cli", *args, "-o", str(tiny / "quiet")], capture_output=True,
+                         text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    assert not [n for n in NOTICES if n in res.stderr], res.stderr
+    assert all(line.split(":", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("step ")), res.stderr
+    assert "done: 1 steps" in res.stderr
+    # the filter hides a real notice: --verbose shows it (peft's, raised on every CPU)
+    res = subprocess.run([sys.executable, "-m", "libra_cli", "--verbose", *args, "-o", str(tiny / "verbose")],
+                         capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0 and "Could not find a config file" in res.stderr, res.stderr

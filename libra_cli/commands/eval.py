@@ -14,12 +14,17 @@ from libra_cli.errors import InputError
 
 
 class _DefaultToScore(TyperGroup):
-    """``libra eval REFS PREDS`` scores; ``libra eval download`` is the one subcommand."""
+    """``libra eval REFS PREDS`` scores; ``libra eval download`` is the one subcommand; ``libra eval --help``
+    shows the scoring options (what almost every caller wants), with ``download`` named in its text."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["score", *args]
         return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        score = self.commands["score"]
+        score.format_help(score.make_context(ctx.info_name, [], parent=ctx.parent, resilient_parsing=True), formatter)
 
 
 eval_app = typer.Typer(name="eval", cls=_DefaultToScore, no_args_is_help=True,
@@ -35,7 +40,9 @@ METRICS_HELP = ("Comma list of bleu, meteor, rouge, temporal, bertscore, ratesco
                 "semb, radgraph_combined, radcliq, chexbert, green; or lexical (default), original, all.")
 
 
-@eval_app.command("score", help="Score REFS against PREDS (or one file holding both).")
+@eval_app.command("score", help="Score REFS against PREDS (or one file holding both). Scorer models for the model "
+                  "metrics are fetched once with `libra eval download --suite libra|rexrank|chexbert` "
+                  "(`libra eval download --help`).")
 def eval_cmd(
     references: Annotated[Path, typer.Argument(help="References JSONL/JSON/CSV, ReXrank JSON, or one file holding both (e.g. `libra batch` output, a ReXrank submission).")],
     predictions: Annotated[Path | None, typer.Argument(help="Predictions JSONL/JSON/CSV or ReXrank JSON {study_id: report}. Omit when REFERENCES holds both.")] = None,

@@ -207,6 +207,10 @@ def _evaluate(
     requested = parse_metrics(metrics, suite)
     explicit = set(parse_metrics(metrics)) if metrics is not None else set()
     groups, skipped = _preflight(requested, explicit, strict, scorers, scorers.options.radgraph_model)
+    if not groups:
+        what = f"--suite {suite}" if suite else "the selected metrics"
+        reasons = "; ".join(dict.fromkeys(skipped.values()))
+        raise InputError(f"{what} scored nothing: {reasons}")
     ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(references))]
     t0 = time.perf_counter()
     raw_refs = [str(t) for t in references]

@@ -62,9 +62,15 @@ def render(result: dict[str, Any], model_name: str, fmt: str = "libra") -> None:
     console.print(table)
     timings = ", ".join(f"{g} {s:.1f}s" for g, s in result.get("timings", {}).items())
     s = result["settings"]
+    from libra_cli.metrics.groups import RAW_TEXT_GROUPS
+
+    computed = result.get("metrics", [])
+    extra = f"; cleaning {'on' if s['clean'] else 'off'}" if any(g not in RAW_TEXT_GROUPS for g in computed) else ""
+    if "rouge" in computed:
+        extra += f"; ROUGE-L {s['rouge_l']}"
     console.print(
         f"[dim]{result['n']} pairs in {result['seconds']:.2f} s ({result['n'] / max(result['seconds'], 1e-9):,.0f} pairs/s; "
-        f"{timings}); cleaning {'on' if s['clean'] else 'off'}; ROUGE-L {s['rouge_l']}[/]", highlight=False)
+        f"{timings}){extra}[/]", highlight=False)
     from rich.markup import escape
 
     for note in result.get("notes", []):

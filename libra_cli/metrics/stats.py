@@ -87,6 +87,37 @@ def bootstrap_ci(scores: SampleScores, n_samples: int = 1000, seed: int = 0, lev
     return out
 
 
+def _ties_to_a(a: SampleScores, b: SampleScores) -> tuple[SampleScores, set[str]]:
+    """``b`` with every per-pair value that equals ``a``'s within float noise set to ``a``'s, and the metrics
+    whose per-pair data are then identical (a difference of 0, whatever the rounding of their sums)."""
+    same: set[str] = set()
+    means = {}
+    for name, vb in b.means.items():
+        va = a.means[name]
+        vb = np.where(np.isclose(va, vb, rtol=TIE_RTOL, atol=TIE_ATOL), va, vb)
+        means[name] = vb
+        if np.array_equal(va, vb):
+            same.add(name)
+    corpus = {}
+    for name, (sb, fn) in b.corpus.items():
+        sa = a.corpus[name][0]
+        sb = np.where(np.isclose(sa, sb, rtol=TIE_RTOL, atol=TIE_ATOL), sa, sb)
+        corpus[name] = (sb, fn)
+        if np.array_equal(sa, sb):
+            same.add(name)
+    if a.bleu is not None and b.bleu is not None and all(
+        np.array_equal(getattr(a.bleu, f), getattr(b.bleu, f)) for f in ("matches", "possible", "hyp_len", "ref_len")
+    ):
+        same.update(b.bleu_names)
+    return SampleScores(n=b.n, means=means, bleu=b.bleu, bleu_names=b.bleu_names, corpus=corpus), same
+
+
+# per-pair values this close are one value computed twice, not a difference between systems: float32 scorers
+# (BERTScore, RaTEScore) batch the same text differently, and Temporal F1's epsilon terms (1e-10) move with the
+# entity counts. 1e-6 is 100x below the precision of the reported numbers (two decimals of a percentage).
+TIE_RTOL, TIE_ATOL = 1e-6, 1e-6
+
+
 def paired_bootstrap(
     a: SampleScores, b: SampleScores, observed_delta: dict[str, float], n_samples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, float]]:
@@ -94,19 +125,22 @@ def paired_bootstrap(
 
     The same resamples score both systems; p = (1 + #|d_i - mean(d)| >= |observed|) / (1 + N),
     i.e. how often a difference this large appears when the true difference is shifted to zero.
+    Per-pair values equal within float noise are ties: a metric equal on every pair gives delta 0, p = 1.
     """
     assert a.n == b.n
-    deltas: dict[str, list[np.ndarray]] = {name: [] for name in a.names()}
-    for w in resample_counts(a.n, n_samples, seed):
-        va, vb = resampled_values(a, w), resampled_values(b, w)
-        for name in deltas:
-            deltas[name].append(vb[name] - va[name])
+    b, same = _ties_to_a(a, b)
+    deltas: dict[str, list[np.ndarray]] = {name: [] for name in a.names() if name not in same}
+    if deltas:
+        for w in resample_counts(a.n, n_samples, seed):
+            va, vb = resampled_values(a, w), resampled_values(b, w)
+            for name in deltas:
+                deltas[name].append(vb[name] - va[name])
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    out = {}
+    out = {name: {"delta": 0.0, "p_value": 1.0, "ci_low": 0.0, "ci_high": 0.0} for name in a.names() if name in same}
     for name, chunks in deltas.items():
         d = np.concatenate(chunks)
         obs = observed_delta[name]
         centred = d - d.mean()
-        p = (1 + int((np.abs(centred) >= abs(obs) - 1e-15).sum())) / (1 + len(d))
+        p = (1 + int((np.abs(centred) >= abs(obs) * (1 - TIE_RTOL) - TIE_ATOL).sum())) / (1 + len(d))
         out[name] = {"delta": obs, "p_value": p, "ci_low": float(np.percentile(d, lo)), "ci_high": float(np.percentile(d, hi))}
-    return out
+    return {name: out[name] for name in a.names()}

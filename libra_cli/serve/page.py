@@ -93,7 +93,7 @@ def build_app(server: Server) -> Any:
     def generate(model: str, cur_f: Any, prior_f: Any, prompt: str, context: str, mode: str, max_new: float,
                  temperature: float, top_p: float, top_k: float, beams: float, length_penalty: float,
                  seed: float | None, ccd_on: bool, expert: str, alpha: float, beta: float, gamma: float,
-                 threshold: float, labels_f: Any, compare: bool) -> Iterator[tuple[Any, ...]]:
+                 threshold: float, labels_f: Any = None, compare: bool = False) -> Iterator[tuple[Any, ...]]:
         hidden = gr.update(visible=False)
         baseline_box = gr.update(value="", visible=bool(ccd_on and compare))
         try:

@@ -47,9 +47,15 @@ def wordpiece_vocab(corpus: Iterable[str], size: int = 400) -> list[str]:
 
 def build_bert(
     out: Path, vocab: Sequence[str], seed: int, *, hidden: int = 32, layers: int = 2, heads: int = 2,
-    id2label: dict[int, str] | None = None, max_position: int = 512,
+    id2label: dict[int, str] | None = None, max_position: int = 512, init_range: float = 0.02,
+    classifier_scale: float = 1.0,
 ) -> Path:
-    """A tiny ``bert`` folder (config, vocab.txt, tokenizer_config, safetensors); token classifier if ``id2label``."""
+    """A tiny ``bert`` folder (config, vocab.txt, tokenizer_config, safetensors); token classifier if ``id2label``.
+
+    ``init_range`` / ``classifier_scale`` make a random model *decisive*: at BERT's 0.02 a tiny model gives
+    nearly the same [CLS] vector for every input and label logits within 1e-4 of each other, so argmax and
+    top-1 choices become float-rounding ties that flip between CPUs (what made RaTEScore's reference drift).
+    """
     import torch
     from transformers import BertConfig, BertForTokenClassification, BertModel
 
@@ -67,11 +73,14 @@ def build_bert(
         kw = {"id2label": {int(k): v for k, v in id2label.items()}, "label2id": {v: int(k) for k, v in id2label.items()}}
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=max_position, **kw,
+        intermediate_size=hidden * 2, max_position_embeddings=max_position, initializer_range=init_range, **kw,
     )
     torch.manual_seed(seed)
     model = BertForTokenClassification(config) if id2label is not None else BertModel(config)
     model.eval()
+    if id2label is not None and classifier_scale != 1.0:
+        with torch.no_grad():
+            model.classifier.weight.mul_(classifier_scale)
     model.save_pretrained(out)
     return out
 
@@ -249,8 +258,10 @@ def build_all(out: Path) -> dict[str, Path]:
     paths = {
         "bert": build_bert(out / "bert", vocab, seed=1),
         "roberta": build_roberta(out / "roberta", corpus, seed=3),
-        "rate-ner": build_bert(out / "rate-ner", vocab, seed=4, id2label=rate_ner_labels()),
-        "rate-eval": build_bert(out / "rate-eval", vocab, seed=5),
+        # RaTEScore's argmax (NER labels) and top-1 synonym match need margins far above float rounding
+        "rate-ner": build_bert(out / "rate-ner", vocab, seed=4, id2label=rate_ner_labels(), init_range=0.5,
+                               classifier_scale=100.0),
+        "rate-eval": build_bert(out / "rate-eval", vocab, seed=5, init_range=0.5),
     }
     paths["chexbert"] = build_chexbert(out / "xdg" / "chexbert" / "chexbert.pth", paths["bert"], seed=2)
     paths["radgraph_archive"] = build_radgraph_archive(out / "radgraph.tar.gz", paths["bert"], seed=6)

@@ -115,6 +115,8 @@ def progress_callback(recipe: Recipe) -> Any:
             shown = {k: v for k, v in logs.items() if k in ("loss", "eval_loss", "learning_rate", "tokens_per_s")
                      or k.startswith("eval_")}
             line = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            if not line:  # the end-of-training summary (runtime, samples/s): `train` prints its own
+                return
             if "loss" in logs:
                 self.last = f"loss {logs['loss']:.4f}" + (f", {logs['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in logs else "")
             if self.bar is None or any(k.startswith("eval_") for k in logs):

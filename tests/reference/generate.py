@@ -5,7 +5,7 @@ fast-bleu, CXR-Report-Metric) need transformers 4.x / scikit-learn < 1.6, so the
 venv; libra's tests then compare its adapters (transformers 5) against this file.
 
     python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 "transformers==4.57.*" \
-        radgraph==0.1.18 f1chexbert==0.0.2 "scikit-learn<1.6" bert-score==0.3.13 fast-bleu "pandas<3"
+        radgraph==0.1.18 f1chexbert==0.0.2 "scikit-learn<1.6" bert-score==0.3.13 fast-bleu "pandas<3" statsmodels
     /tmp/ref/bin/pip install --no-deps RaTEScore==0.6.0 medspacy==1.3.1 medspacy_quickumls==3.2
     /tmp/ref/bin/pip install PyRuSH "spacy<3.8" pysbd==0.3.4 jsonschema unidecode pysimstring medspacy_unqlite six
     python tests/reference/generate.py --ref-python /tmp/ref/bin/python --cxr-report-metric CHECKOUT

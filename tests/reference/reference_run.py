@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 data = json.loads(PAIRS.read_text())
 refs, hyps = data["refs"], data["hyps"]
 result: dict = {"versions": {p: version(p) for p in ("radgraph", "f1chexbert", "bert-score", "RaTEScore", "transformers", "torch",
-                                                     "scikit-learn", "numpy", "nltk", "fast-bleu", "medspacy")}}
+                                                     "scikit-learn", "numpy", "nltk", "fast-bleu", "medspacy", "PyRuSH", "spacy")}}
 
 
 def radgraph_part() -> None:
@@ -145,6 +145,8 @@ def bleu2_part() -> None:
 
 def ratescore_part() -> None:
     from RaTEScore import RaTEScore
+    from RaTEScore import score as rscore
+    from RaTEScore import utils as rutils
 
     scorer = RaTEScore(bert_model=str(TINY / "rate-ner"), eval_model=str(TINY / "rate-eval"), use_gpu=False, batch_size=1)
     per = []
@@ -154,6 +156,41 @@ def ratescore_part() -> None:
         except IndexError:
             per.append(None)
     result["ratescore"] = per
+    result["ratescore_ties"] = [i for i in range(len(refs)) if _ratescore_tied(scorer, rscore, rutils, refs[i], hyps[i])]
+
+
+def _ratescore_tied(scorer, rscore, rutils, ref: str, hyp: str) -> bool:  # noqa: ANN001
+    """Whether a pair's score rests on a float-rounding tie: a NER label whose two best logits are within
+    1e-3, or a top-1 synonym match whose runner-up (another string of another type) is within 1e-4.
+    Such a choice can differ between CPUs and BLAS builds, so the test does not pin those pairs."""
+    import torch.nn.functional as F
+
+    ents, types, strings = [], [], []
+    for text in (ref, hyp):
+        sents, _ = rutils.sentence_split([text])
+        for s in sents:
+            enc = scorer.tokenizer([s], return_tensors="pt", truncation=True, max_length=512)
+            with torch.no_grad():
+                top = scorer.model(**enc).logits[0].topk(2, dim=-1).values
+            if bool(((top[:, 0] - top[:, 1]) < 1e-3).any()):
+                return True
+        pairs = rscore.run_ner([text], scorer.idx2label, scorer.tokenizer, scorer.model, scorer.device, 1)[0] if sents else []
+        emb, ty = rscore.process_embedding(pairs, scorer.eval_tokenizer, scorer.eval_model, scorer.device)
+        ents.append(emb)
+        types.append(ty)
+        strings.append([p[0] for p in pairs])
+    if len(ents[0]) == 0 or len(ents[1]) == 0:
+        return False
+    sim = F.normalize(ents[0], dim=1) @ F.normalize(ents[1], dim=1).T
+    for m, ty, st in ((sim, types[1], strings[1]), (sim.T, types[0], strings[0])):
+        if m.shape[1] < 2:
+            continue
+        vals, idx = m.topk(2, dim=1)
+        for row in range(m.shape[0]):
+            a, b = int(idx[row, 0]), int(idx[row, 1])
+            if float(vals[row, 0] - vals[row, 1]) < 1e-4 and ty[a] != ty[b] and st[a] != st[b]:
+                return True
+    return False
 
 
 def radcliq_part() -> None:
