@@ -267,3 +267,17 @@ def test_report_targets_refuse_impossible_outputs(tmp_path: Path) -> None:
     jpg.write_bytes(b"\xff\xd8\xff\xe0not really")
     with pytest.raises(InputError, match="need DICOM inputs"):
         ReportSource.from_files(str(jpg), None)
+
+
+def test_ci_installs_and_runs_the_pacs_tests() -> None:
+    """.ci/run must not skip the Orthanc tests: it sets LIBRA_CI=1, and install.sh installs Orthanc and the extra."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    assert re.search(r"^export .*\bLIBRA_CI=1\b", (root / ".ci" / "run").read_text(), re.M)
+    install = (root / "scripts" / "install.sh").read_text()
+    assert "orthanc orthanc-dicomweb" in install and re.search(r'pip install -q -e "\.\[[^"]*\bpacs\b', install)
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("libra-cli[") and "pacs" in r for r in extras["dev"]) and {"dicomweb-client", "highdicom", "fhir.resources"} <= {
+        re.split(r"[=<>]", r)[0] for r in extras["pacs"]}
