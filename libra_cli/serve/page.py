@@ -166,8 +166,8 @@ def build_app(server: Server) -> Any:
                 status = gr.HTML("", elem_id="status")
                 download = gr.DownloadButton("Download report (.txt)", visible=False, elem_id="download-btn")
                 with gr.Row():  # DICOM uploads only (docs/pacs.md): files a clinical system can take in
-                    fhir = gr.DownloadButton("FHIR DiagnosticReport (.json)", visible=False, elem_id="fhir-btn", size="sm")
-                    sr = gr.DownloadButton("DICOM SR (.dcm)", visible=False, elem_id="sr-btn", size="sm")
+                    fhir = gr.DownloadButton("Download FHIR DiagnosticReport (.json)", visible=False, elem_id="fhir-btn", size="sm")
+                    sr = gr.DownloadButton("Download DICOM SR (.dcm)", visible=False, elem_id="sr-btn", size="sm")
         gr.HTML(f'<div id="libra-footer">{html.escape(RESEARCH_NOTICE)} Libra: Zhang et al., ACL 2025.</div>')
 
         for f in (cur_file, prior_file):
