@@ -10,7 +10,7 @@ By layer (tests/test_architecture.py):
 - applications: :mod:`~libra_cli.pacs.batch` (``libra batch --dicomweb``: items for the batch runner, and the
   reports of a whole run).
 
-Names are re-exported lazily.
+Names of the inputs-layer modules are re-exported lazily (``pacs.batch`` is imported by its full name).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from libra_cli.lazy import lazy_exports
 
 _MODULES = {
     "client": ["DicomwebClient", "connect", "ServerError", "StudyError"],
-    "select": ["Instance", "choose_frontal", "choose_prior"],
-    "study": ["Resolved", "resolve", "fetch_instance", "local_instance"],
+    "select": ["Instance", "view_of", "choose_frontal", "choose_prior"],
+    "study": ["Studies", "Resolved", "resolve", "open_study", "studies_since", "fetch_instance", "local_instance"],
     "fhir": ["diagnostic_report"],
     "sr": ["build_sr", "sr_findings"],
-    "outputs": ["ReportTargets", "ReportSource"],
+    "outputs": ["ReportTargets", "ReportSource", "page_records"],
 }
 __getattr__, __all__ = lazy_exports(__name__, {n: f"libra_cli.pacs.{m}" for m, names in _MODULES.items() for n in names})

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -154,8 +155,9 @@ class DicomwebBatch:
         ok = failed = stored = 0
         bar = progress_bar(err_console(), "reports", disable=self.quiet or not todo)
         task = bar.add_task("reports", total=len(todo), rate="")
+        t0 = time.perf_counter()
         with bar, ReportLog(self.log) as log:
-            for uid, rec in todo:
+            for n, (uid, rec) in enumerate(todo, 1):
                 res = self.resolved[uid]
                 meta = rec.get("metadata") or {}
                 try:
@@ -171,7 +173,7 @@ class DicomwebBatch:
                 else:
                     ok += 1
                     stored += "stored" in done
-                bar.update(task, advance=1)
+                bar.update(task, advance=1, rate=f"{n / max(time.perf_counter() - t0, 1e-9):.1f} reports/s")
         self.report_stats = {"written": ok, "failed": failed, "stored": stored, "log": str(self.log),
                              **({"fhir": str(self.targets.fhir)} if self.targets.fhir else {}),
                              **({"sr": str(self.targets.sr)} if self.targets.sr else {})}
@@ -277,11 +279,12 @@ def open_batch(url: str, *, studies: Path | None, since: str | None, prior: str 
     bar = progress_bar(err_console(), "finding studies", disable=quiet or not todo)
     task = bar.add_task("find", total=len(todo), rate="")
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="libra-pacs")
+    t0 = time.perf_counter()
     try:
         with bar:
-            for got in pool.map(one, todo):  # a ServerError ends the run here (nothing written)
+            for n, got in enumerate(pool.map(one, todo), 1):  # a ServerError ends the run here (nothing written)
                 (items if isinstance(got, Item) else errors).append(got)
-                bar.update(task, advance=1)
+                bar.update(task, advance=1, rate=f"{n / max(time.perf_counter() - t0, 1e-9):.1f} studies/s")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     errors.sort(key=lambda e: e.index)
