@@ -10,6 +10,7 @@ server that stops answering, or answers a byte at a time, cannot hold a run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -52,11 +53,12 @@ class _Deadline(Exception):
     """The operation's total time is spent (raised inside the session, mapped to a :class:`ServerError`)."""
 
 
+@functools.cache
 def _session_class() -> type:
     requests = _requests()
 
     class DeadlineSession(requests.Session):
-        """A session whose requests stop at a thread-local deadline, the body included (read as it arrives)."""
+        """A session (one per thread) whose requests stop at its deadline, the body included (read as it arrives)."""
 
         deadline: float | None = None
 
