@@ -72,7 +72,7 @@ def test_the_right_images_and_priors_over_dicomweb(pacs) -> None:
     assert [_name_of(arc, u) for u in since] == ["a2", "a3", "a4", "b1", "a5", "b2", "b3"]  # no CT, oldest first
 
 
-def test_infer_over_dicomweb_equals_infer_on_the_files(pacs, a5_infer, capsys) -> None:
+def test_infer_over_dicomweb_equals_infer_on_the_files(pacs, a5_infer, tmp_path: Path, capsys) -> None:
     import highdicom  # noqa: F401 - the pacs extra
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
     from pydicom import dcmread
@@ -81,7 +81,8 @@ def test_infer_over_dicomweb_equals_infer_on_the_files(pacs, a5_infer, capsys) -
     from libra_cli.pacs.sr import sr_findings
 
     arc = pacs.archive
-    code, out, err = run_cli(capsys, "infer", "-m", MODEL, str(arc.file_of("a5")), str(arc.file_of("a4")), "--json", *GEN)
+    code, out, err = run_cli(capsys, "infer", "-m", MODEL, str(arc.file_of("a5")), str(arc.file_of("a4")), "--json", *GEN,
+                             "--fhir", str(tmp_path / "local.json"))
     assert code == 0, err
     local, remote = json.loads(out), a5_infer["json"]
     assert remote["text"] == local["text"] and remote["token_ids"] == local["token_ids"]
@@ -96,6 +97,8 @@ def test_infer_over_dicomweb_equals_infer_on_the_files(pacs, a5_infer, capsys) -
     rep = DiagnosticReport.model_validate_json((a5_infer["dir"] / "a5.json").read_text())
     assert rep.status == "preliminary" and rep.presentedForm[0].data.decode() == remote["text"]
     assert rep.imagingStudy[0].identifier.value == f"urn:oid:{arc.studies['a5']}"
+    from_files = DiagnosticReport.model_validate_json((tmp_path / "local.json").read_text())  # --fhir with files
+    assert from_files.id == rep.id and from_files.imagingStudy == rep.imagingStudy  # the same report
     sr = dcmread(a5_infer["dir"] / "a5.dcm")
     assert sr_findings(sr) == (remote["text"], [arc.instances["a5-pa"], arc.instances["a4-pa"]])
     # the STOW-RS'd SR can be retrieved from Orthanc, in the current study

@@ -47,10 +47,10 @@ def infer(
 
         current, prior = str(EXAMPLE_CURRENT), str(EXAMPLE_PRIOR)
     # fail fast on user mistakes, before torch is even imported
+    targets = reports.targets(folders=False, dicomweb=pacs.study is not None)
     study = pacs.open_study(lambda line: err.print(line, highlight=False, markup=False), bool(current or prior))
     if study is None and not current:
         raise InputError("no image: give the current X-ray (and the prior), or --example for the shipped pair")
-    targets = reports.targets(folders=False, dicomweb=study is not None)
     source = _report_source(targets, study, current, prior)
     cur_src, prior_src = (study.current, study.prior) if study is not None else (current, prior or None)
     cur_img = load_image(cur_src)
