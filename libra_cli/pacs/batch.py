@@ -245,6 +245,9 @@ def open_batch(url: str, *, studies: Path | None, since: str | None, prior: str 
     if studies is not None and since is not None:
         raise InputError("give --studies FILE or --since DATE, not both")
     default_prior = parse_prior(prior)
+    if default_prior not in ("auto", "none"):
+        raise InputError("--prior in libra batch is auto or none; give a study's own prior in the second column of "
+                         "the --studies file")
     client = connect(url, timeout)
     errors: list[ErrorRecord] = []
     if studies is not None:
