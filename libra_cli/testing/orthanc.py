@@ -20,7 +20,10 @@ PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins", "/usr/l
 
 
 def orthanc_binary() -> str | None:
-    return os.environ.get("LIBRA_ORTHANC") or shutil.which("Orthanc")
+    env = os.environ.get("LIBRA_ORTHANC")
+    if env:
+        return env if os.path.isfile(env) and os.access(env, os.X_OK) else None
+    return shutil.which("Orthanc")
 
 
 def dicomweb_plugin() -> Path | None:
