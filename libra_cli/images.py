@@ -128,7 +128,7 @@ def _is_url(s: str) -> bool:
 
 
 def load_image(source: Any, draft_size: int | None = None) -> Image.Image:
-    """Load a file path, URL, DICOM, raw bytes or PIL image as a PIL image in mode "L" or "RGB".
+    """Load a file path, URL, DICOM (file or pydicom Dataset), raw bytes or PIL image as a PIL image ("L" or "RGB").
 
     Grayscale stays single-channel ("L"; 16-bit and DICOM are min-max scaled to 8 bits); every
     other mode becomes RGB. :func:`preprocess` expands "L" to three channels at the very end.
@@ -158,7 +158,18 @@ def load_image(source: Any, draft_size: int | None = None) -> Image.Image:
         if path.suffix.lower() in DICOM_SUFFIXES or _looks_like_dicom(data):
             return _dicom_image(data, s)
         return _open_bytes(data, s, draft_size)
+    if _is_dataset(source):  # a pydicom Dataset (e.g. fetched over DICOMweb): the same decoding as a DICOM file
+        return dataset_image(source, f"DICOM instance {getattr(source, 'SOPInstanceUID', '?')} of series "
+                                     f"{getattr(source, 'SeriesInstanceUID', '?')}")
     raise InputError(f"unsupported image input of type {type(source).__name__}; give a path, URL, bytes or PIL image")
+
+
+def _is_dataset(source: Any) -> bool:
+    if not type(source).__module__.startswith("pydicom."):
+        return False
+    from pydicom.dataset import Dataset
+
+    return isinstance(source, Dataset)
 
 
 def _looks_like_dicom(data: bytes) -> bool:
@@ -224,14 +235,21 @@ def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _dicom_image(data: bytes, name: str) -> Image.Image:
-    """DICOM -> "L" (or RGB): VOI LUT (or windowing), MONOCHROME1 inverted, min-max to 0..255 (docs/reference-format.md#images)."""
-    try:
-        import pydicom
-        from pydicom.pixels import apply_voi_lut
-    except ImportError as exc:  # pragma: no cover - pydicom is a core dependency
-        raise InputError("DICOM support needs pydicom: pip install pydicom") from exc
+    """DICOM file bytes -> :func:`dataset_image`."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
+        raise InputError(f"not a readable DICOM image: {name} ({exc}); check the file or convert it to PNG") from exc
+    return dataset_image(ds, name)
+
+
+def dataset_image(ds: Any, name: str) -> Image.Image:
+    """DICOM -> "L" (or RGB): VOI LUT (or windowing), MONOCHROME1 inverted, min-max to 0..255 (docs/reference-format.md#images)."""
+    from pydicom.pixels import apply_voi_lut
+
+    try:
         _check_pixels((int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0)), name)
         arr = ds.pixel_array
     except InputError:

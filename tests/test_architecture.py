@@ -26,6 +26,7 @@ OWNER = {  # first matching prefix wins
     "libra_cli.model": "model",
     "libra_cli.images": "inputs", "libra_cli.prompts": "inputs", "libra_cli.jsonio": "inputs", "libra_cli.urls": "inputs",
     "libra_cli.data": "inputs", "libra_cli.metrics": "inputs",
+    "libra_cli.pacs.batch": "applications", "libra_cli.pacs": "inputs",
     "libra_cli.errors": "ground", "libra_cli.atomic": "ground", "libra_cli.console": "ground",
     "libra_cli.paths": "ground", "libra_cli.lazy": "ground",
     "libra_cli": "ground",  # the package root only re-exports lazily

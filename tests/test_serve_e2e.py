@@ -127,6 +127,7 @@ def test_generate_from_both_images_in_the_browser(page: Page) -> None:
 
     page.locator("#generate-btn").click()
     expect(page.locator("#download-btn")).to_be_visible()
+    expect(page.locator("#fhir-btn")).to_be_hidden()  # JPEG uploads name no study: no FHIR / SR
     report = page.locator("#report textarea")
     assert report.input_value() == expected["greedy"]["returned_text"]  # what the original code wrote
     expect(page.locator("#status")).to_contain_text(f"{MAX_NEW} tokens")
@@ -170,3 +171,39 @@ def test_example_pair_button(page: Page) -> None:
     page.locator("#example-btn").click()
     expect(page.locator("#pair-notice")).to_contain_text("PRIOR: uploaded")
     expect(page.locator("#pair-notice .libra-error")).to_have_count(0)
+
+
+def test_dicom_uploads_offer_fhir_and_sr_downloads(page: Page, tmp_path: Path) -> None:
+    """DICOM uploads: the draft also as a FHIR DiagnosticReport and a DICOM SR (docs/pacs.md)."""
+    from tests.pacs_support import need_packages
+
+    need_packages()
+    import pydicom
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from libra_cli.pacs.sr import sr_findings
+    from libra_cli.testing.dicom import SPECS, make_instance
+
+    files = {}
+    for which, name in (("current", "a5-pa"), ("prior", "a4-pa")):
+        files[which] = tmp_path / f"{name}.dcm"
+        make_instance(SPECS[name], name).save_as(files[which], enforce_file_format=True)
+        clear = page.locator(f"#{which}-file").get_by_role("button", name="Clear")
+        if clear.count():
+            clear.click()
+        page.locator(f"#{which}-file input[type=file]").set_input_files(str(files[which]))
+    expect(page.locator("#pair-notice")).to_contain_text("PRIOR: uploaded")
+    page.locator("#generate-btn").click()
+    expect(page.locator("#fhir-btn")).to_be_visible()
+    expect(page.locator("#sr-btn")).to_be_visible()
+    text = page.locator("#report textarea").input_value()
+    with page.expect_download() as dl:
+        page.locator("#fhir-btn").click()
+    rep = DiagnosticReport.model_validate_json(Path(dl.value.path()).read_text())
+    assert rep.status == "preliminary" and rep.presentedForm[0].data.decode() == text
+    with page.expect_download() as dl:
+        page.locator("#sr-btn").click()
+    sr = pydicom.dcmread(dl.value.path())
+    cur, prior = (pydicom.dcmread(files[w], stop_before_pixels=True).SOPInstanceUID for w in ("current", "prior"))
+    assert sr_findings(sr) == (text, [cur, prior])
+    _shot(page, "serve-dicom-desktop.png")

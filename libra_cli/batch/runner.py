@@ -368,10 +368,14 @@ class BatchRunner:
 
 def run_batch(runner: BatchRunner, items: list[Item], errors: list[ErrorRecord], out: str | Path, *,
               num_shards: int = 1, shard: int = 0, overwrite: bool = False,
-              on_start: Callable[[int], None] | None = None) -> RunStats:
-    """One whole ``libra batch`` run: shard, resume, generate, and merge the shards when all are done."""
+              on_start: Callable[[int], None] | None = None, order: list[str] | None = None) -> RunStats:
+    """One whole ``libra batch`` run: shard, resume, generate, and merge the shards when all are done.
+
+    ``order``: every question key in input order, when ``items`` holds only some of them (``libra batch
+    --dicomweb`` reads only the studies this shard still has to answer); default: ``items``' order.
+    """
     out = Path(out)
-    order = [it.key for it in items]
+    order = order if order is not None else [it.key for it in items]
     if num_shards == 1:
         stats = runner.run(items, out, errors, overwrite=overwrite, order=order, on_start=on_start)
         stats.merged = None

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import EngineFlags, GenerationFlags, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.options import (
+    EngineFlags,
+    GenerationFlags,
+    Group,
+    ModelFlags,
+    OutputFlags,
+    with_flags,
+)
+from libra_cli.commands.pacs_flags import DicomwebFlags, ReportFlags
 from libra_cli.errors import InputError
 
 IN = "Input"
@@ -18,7 +26,8 @@ def register(app: typer.Typer) -> None:
     app.command("batch")(batch)
 
 
-@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=OutputFlags, eng=EngineFlags)
+@with_flags(model=ModelFlags, gen=GenerationFlags, out_flags=OutputFlags, eng=EngineFlags,
+            pacs=Group(DicomwebFlags, exclude=("study",)), reports=ReportFlags)
 def batch(
     input: Annotated[str | None, typer.Argument(help="Questions JSONL (docs/batch.md#inputs), CSV, parquet file or dataset folder.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Answers JSONL (appended per batch; reruns resume).", rich_help_panel=RUN)] = Path("answers.jsonl"),
@@ -45,8 +54,10 @@ def batch(
     gen: GenerationFlags,
     out_flags: OutputFlags,
     eng: EngineFlags,
+    pacs: DicomwebFlags,
+    reports: ReportFlags,
 ) -> None:
-    """Generate reports for every sample of a questions file or dataset: batched, resumable, sharded."""
+    """Generate reports for every sample of a questions file, dataset or PACS: batched, resumable, sharded."""
     from rich.console import Console
 
     from libra_cli import batch as b
@@ -59,11 +70,18 @@ def batch(
     quiet = out_flags.quiet or out_flags.as_json
     cols = b.Columns(image=image_column, prior=prior_column or None, prompt=prompt_column or None, id=id_column,
                      context=context_column, reference=reference_column)
-    items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
-                                 cols=cols)
-    items, errors = b.apply_limit(items, errors, limit)
-    if not items and not errors:
-        raise InputError("the input holds no samples")
+    job = _pacs_job(pacs, reports, bool(input or dataset), limit, out, n, k, overwrite, workers, err, quiet)
+    if job is not None:
+        items, errors = job.items, job.errors
+    else:
+        if reports.fhir or reports.sr or reports.stow:
+            raise InputError("--fhir / --sr / --stow in batch report PACS studies: use them with --dicomweb and "
+                             "--studies or --since")
+        items, errors = b.read_input(input, dataset=dataset, config=config, split=split, image_folder=image_folder,
+                                     cols=cols)
+        items, errors = b.apply_limit(items, errors, limit)
+        if not items and not errors:
+            raise InputError("the input holds no samples")
     progress = _Progress(err, quiet)
     if engine == "vllm":
         from libra_cli.batch.vllm import vllm_batch_runner
@@ -77,8 +95,8 @@ def batch(
         runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb,
                                model_id=model_id, on_batch=progress.advance)
     try:
-        stats = b.run_batch(runner, items, errors, out, num_shards=n, shard=k, overwrite=overwrite,
-                            on_start=progress.start)
+        stats = (job.run if job else b.run_batch)(runner, items, errors, out, num_shards=n, shard=k,
+                                                  overwrite=overwrite, on_start=progress.start)
     finally:
         progress.stop()
     if out_flags.as_json:
@@ -146,7 +164,34 @@ def _summary(console, stats, n: int, k: int) -> None:  # noqa: ANN001
         ("model waited for images", f"{100 * stats.image_wait_fraction:.1f}% of the time"),
         ("images encoded / cache hits", f"{stats.encoded_images} / {stats.cache_hits}"),
         ("answers", stats.out if stats.merged is not False else f"{stats.out} (merged when every shard is done)"),
+        *_report_rows(getattr(stats, "reports", None)),
     ]
     for a, v in rows:
         t.add_row(a, v)
     console.print(t)
+
+
+def _pacs_job(pacs, reports, other_input, limit, out, n, k, overwrite, workers, err, quiet):  # noqa: ANN001, ANN202
+    """``--dicomweb --studies/--since``: the studies of this shard, looked up (libra_cli.pacs.batch); else None."""
+    if not pacs.batch_wanted():
+        return None
+    if other_input:
+        raise InputError("give INPUT / --dataset, or --dicomweb with --studies / --since, not both")
+    from libra_cli.pacs.batch import open_batch
+
+    return open_batch(pacs.dicomweb, studies=pacs.studies, since=pacs.since, prior=pacs.prior_study,
+                      modalities=pacs.modalities(), timeout=pacs.dicomweb_timeout, limit=limit, out=out, num_shards=n,
+                      shard=k, overwrite=overwrite, targets=reports.targets(folders=True, dicomweb=True),
+                      workers=max(1, workers), say=lambda line: err.print(line, highlight=False, markup=False),
+                      quiet=quiet)
+
+
+def _report_rows(reports: dict | None) -> list[tuple[str, str]]:
+    """Summary rows for --fhir / --sr / --stow (libra_cli.pacs.batch)."""
+    if not reports:
+        return []
+    rows = [("reports written / failed", f"{reports['written']} / {reports['failed']} (log {reports['log']})")]
+    rows += [(f"{k.upper() if k == 'sr' else 'FHIR'} folder", reports[k]) for k in ("fhir", "sr") if k in reports]
+    if reports.get("stored"):
+        rows.append(("SRs stored (STOW-RS)", str(reports["stored"])))
+    return rows

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from libra_cli.commands.options import GenerationFlags, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.options import GenerationFlags, Group, ModelFlags, OutputFlags, with_flags
+from libra_cli.commands.pacs_flags import DicomwebFlags, ReportFlags
 from libra_cli.errors import InputError
 
 
@@ -16,7 +17,8 @@ def register(app: typer.Typer) -> None:
     app.command("infer")(infer)
 
 
-@with_flags(model=ModelFlags, gen=GenerationFlags, out=OutputFlags)
+@with_flags(model=ModelFlags, gen=GenerationFlags, out=OutputFlags,
+            pacs=Group(DicomwebFlags, exclude=("studies", "since")), reports=ReportFlags)
 def infer(
     current: Annotated[str | None, typer.Argument(help="Current X-ray: JPEG/PNG/DICOM path or URL.", show_default=False)] = None,
     prior: Annotated[str | None, typer.Argument(help="Prior X-ray of the same patient (omit: the current image is reused).")] = None,
@@ -28,8 +30,10 @@ def infer(
     model: ModelFlags,
     gen: GenerationFlags,
     out: OutputFlags,
+    pacs: DicomwebFlags,
+    reports: ReportFlags,
 ) -> None:
-    """Write the Findings for a current X-ray, compared with the prior one."""
+    """Write the Findings for a current X-ray, compared with the prior one (files, URLs, or a study on a PACS)."""
     from rich.console import Console
 
     from libra_cli.images import load_image
@@ -42,11 +46,17 @@ def infer(
         from libra_cli.paths import EXAMPLE_CURRENT, EXAMPLE_PRIOR
 
         current, prior = str(EXAMPLE_CURRENT), str(EXAMPLE_PRIOR)
-    if not current:
-        raise InputError("no image: give the current X-ray (and the prior), or --example for the shipped pair")
     # fail fast on user mistakes, before torch is even imported
-    cur_img = load_image(current)
-    prior_img = load_image(prior) if prior else None
+    targets = reports.targets(folders=False, dicomweb=pacs.study is not None)
+    study = pacs.open_study(lambda line: err.print(line, highlight=False, markup=False), bool(current or prior))
+    if study is None and not current:
+        raise InputError("no image: give the current X-ray (and the prior), or --example for the shipped pair")
+    source = _report_source(targets, study, current, prior)
+    cur_src, prior_src = (study.current, study.prior) if study is not None else (current, prior or None)
+    cur_img = load_image(cur_src)
+    prior_img = load_image(prior_src) if prior_src is not None else None
+    if study is not None:
+        current, prior = study.url_of(study.resolved.current), study.url_of(study.resolved.prior)
     if model.conv_mode:
         get_template(model.conv_mode)
 
@@ -64,17 +74,39 @@ def infer(
         err.print("[yellow]notice:[/] no prior image given: the current image is used as the prior (dummy prior)")
     stream = not as_json and sys.stdout.isatty() and settings.num_beams == 1 and settings.num_return_sequences == 1
     streamer = TerminalStreamer(loaded) if stream else None
-    if model.jpeg_draft:  # decode again from the files, at reduced size
+    if model.jpeg_draft and study is None:  # decode again from the files, at reduced size
         cur_img, prior_img = current, prior
     report = generate_report(loaded, cur_img, prior_img, prompt, context, settings, streamer=streamer)
-    _render(report, loaded, as_json, streamer is not None, current, prior, err)
+    written = targets.write(report.text, source, model=loaded.name, revision=loaded.info.get("revision")) if source else {}
+    extra = {"dicomweb": study.resolved.to_dict()} if study is not None else {}
+    _render(report, loaded, as_json, streamer is not None, current, prior, err, extra | ({"reports": written} if written else {}))
+    _report_lines(written, err)
     if as_json:
         return
     if interactive:
         _chat(loaded, cur_img, prior_img, prompt, context, settings, report.text, err)
 
 
-def _render(report, loaded, as_json, streamed, current, prior, err) -> None:  # noqa: ANN001
+def _report_source(targets, study, current, prior):  # noqa: ANN001, ANN202
+    """What --fhir/--sr/--stow describe: the DICOMweb study, or the DICOM files given (None without those flags)."""
+    if not targets.wanted():
+        return None
+    from libra_cli.pacs.outputs import ReportSource
+
+    return ReportSource.from_study(study) if study is not None else ReportSource.from_files(current, prior)
+
+
+def _report_lines(written, err) -> None:  # noqa: ANN001
+    """What was written and stored, on stderr; a refused STOW is an error once the report is out."""
+    from libra_cli.pacs.outputs import describe
+
+    for line in describe(written):
+        err.print(line, highlight=False, markup=False)
+    if written.get("stow_error"):
+        raise InputError(written["stow_error"])
+
+
+def _render(report, loaded, as_json, streamed, current, prior, err, extra=None) -> None:  # noqa: ANN001
     """The report on stdout (text, candidates with scores, or JSON); timings on stderr."""
     if report.ccd is not None and not as_json:
         err.print(f"[dim]CCD guidance: {report.ccd['guide']}[/]", highlight=False)
@@ -83,7 +115,7 @@ def _render(report, loaded, as_json, streamed, current, prior, err) -> None:  # 
         result.update(model=loaded.name, conv_mode=loaded.conv_mode, load_s=loaded.load_seconds,
                       dtype=str(loaded.dtype).replace("torch.", ""), device=loaded.device,
                       current=current, prior=prior, revision=loaded.info.get("revision"),
-                      commit=loaded.info.get("commit"))
+                      commit=loaded.info.get("commit"), **(extra or {}))
         typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
         return
     if not streamed:

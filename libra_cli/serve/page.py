@@ -102,16 +102,17 @@ def build_app(server: Server) -> Any:
             labels = file_path(labels_f) or opts.ccd.labels
             s = with_ccd(s, CCDOptions(bool(ccd_on), alpha, beta, gamma, threshold, EXPERTS.get(expert, expert), labels))
         except LibraError as exc:
-            yield "", _error_html(str(exc)), hidden, baseline_box
+            yield "", _error_html(str(exc)), hidden, baseline_box, hidden, hidden
             return
         for u in server.run(model, cur_f, prior_f, prompt, context, s, compare=bool(ccd_on and compare)):
             if u.error:
-                yield "", _error_html(u.error), hidden, baseline_box
+                yield "", _error_html(u.error), hidden, baseline_box, hidden, hidden
             elif u.done:
                 base = gr.update(value=u.baseline or "", visible=u.baseline is not None)
-                yield u.text, _status_html(u.status), gr.update(value=u.download, visible=True), base
+                yield (u.text, _status_html(u.status), gr.update(value=u.download, visible=True), base,
+                       *(gr.update(value=f, visible=f is not None) for f in (u.fhir, u.sr)))
             else:
-                yield u.text, _status_html(u.status), hidden, baseline_box
+                yield u.text, _status_html(u.status), hidden, baseline_box, hidden, hidden
 
     theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
@@ -164,6 +165,9 @@ def build_app(server: Server) -> Any:
                                       max_lines=40, interactive=False, visible=False, elem_id="baseline")
                 status = gr.HTML("", elem_id="status")
                 download = gr.DownloadButton("Download report (.txt)", visible=False, elem_id="download-btn")
+                with gr.Row():  # DICOM uploads only (docs/pacs.md): files a clinical system can take in
+                    fhir = gr.DownloadButton("Download FHIR DiagnosticReport (.json)", visible=False, elem_id="fhir-btn", size="sm")
+                    sr = gr.DownloadButton("Download DICOM SR (.dcm)", visible=False, elem_id="sr-btn", size="sm")
         gr.HTML(f'<div id="libra-footer">{html.escape(RESEARCH_NOTICE)} Libra: Zhang et al., ACL 2025.</div>')
 
         for f in (cur_file, prior_file):
@@ -171,7 +175,7 @@ def build_app(server: Server) -> Any:
                      show_progress="hidden")
         example_btn.click(lambda: (str(examples[0]), str(examples[1])), None, [cur_file, prior_file])
         run_btn.click(generate, [model, cur_file, prior_file, prompt, context, mode, max_new, temperature, top_p,
-                                 top_k, beams, length_penalty, seed, *ccd_controls], [report, status, download, baseline],
+                                 top_k, beams, length_penalty, seed, *ccd_controls], [report, status, download, baseline, fhir, sr],
                       concurrency_limit=1, concurrency_id="libra-generate", show_progress="minimal")
     demo.queue(max_size=opts.queue_size, default_concurrency_limit=1)
     return demo

@@ -176,6 +176,8 @@ class Update:
     model: str = ""
     done: bool = False
     baseline: str | None = None  # CCD "compare with baseline": the same request with standard decoding
+    fhir: str | None = None  # FHIR DiagnosticReport (DICOM uploads only, libra_cli.pacs)
+    sr: str | None = None  # DICOM SR (DICOM uploads only)
 
 
 @dataclass
@@ -312,13 +314,14 @@ class Server:
                          status="error", model=name, done=True)
             return
         path = self._write_download(report, name, loaded, cur_path, prior_path, ctx)
+        fhir, sr = _records(self.downloads, report.text, cur_path, prior_path, name, loaded.info.get("revision"))
         t = report.timings
         status = (f"{int(t['new_tokens'])} tokens in {t['generate_s']:.1f} s · model {name} · "
                   f"prior: {'dummy (copy of current)' if report.prior_is_dummy else 'given'}")
         if report.ccd is not None:
             status += f" · CCD guidance: {report.ccd['guide'].strip()}"
         yield Update(text=report.text, status=status, report=report, download=str(path), model=name, done=True,
-                     baseline=baseline.text if baseline is not None else None)
+                     baseline=baseline.text if baseline is not None else None, fhir=fhir, sr=sr)
 
     def _write_download(self, report: Any, model: str, loaded: Any, cur: str, prior: str | None,
                         context: str | None) -> Path:
@@ -345,6 +348,14 @@ class Server:
         from libra_cli.atomic import write_text_atomic
 
         return write_text_atomic(path, "\n".join(lines))
+
+
+def _records(folder: Path, text: str, cur: str, prior: str | None, model: str, revision: str | None
+             ) -> tuple[str | None, str | None]:
+    """FHIR DiagnosticReport + DICOM SR downloads when the uploads are DICOM files (docs/pacs.md), else (None, None)."""
+    from libra_cli.pacs.outputs import page_records
+
+    return page_records(folder, text, cur, prior, model, revision)
 
 
 def load_named(load_image: Callable[[str], Any], path: str, what: str) -> Any:
