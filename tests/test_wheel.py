@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -25,8 +26,15 @@ def wheel_env(tmp_path_factory) -> tuple[Path, Path]:  # noqa: ANN001
     wheels = list((root / "dist").glob("libra_cli-*.whl"))
     assert len(wheels) == 1
     env_dir = root / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    # dependencies come from the environment running the tests (a user's venv), never the base interpreter's:
+    # its site-packages joins the new venv's path after the venv's own (the wheel wins; a .pth line is a plain
+    # path entry, so the running env's editable-install hook does not run there)
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    running = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(own, "_running_env.pth").write_text("\n".join(sorted(running)) + "\n", encoding="utf-8")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheels[0])],
                    check=True, capture_output=True)
     work = root / "cwd"
