@@ -18,7 +18,7 @@ from libra_cli.paths import EXAMPLE_PRIOR as PRIOR
 NOTICE = ("demo model: 1.5 MB, trained briefly on synthetic report sentences; it cannot read X-rays, so this "
           "text does not describe the images")
 REAL_MODELS = ("real models: libra infer --model X-iZhang/libra-v1.0-7b CURRENT PRIOR "
-               "(or libra-v1.0-3b; prefetch with: hf download X-iZhang/libra-v1.0-7b)")
+               "(or libra-v1.0-3b; prefetch the model and its RAD-DINO encoder with: libra download X-iZhang/libra-v1.0-7b)")
 
 
 @dataclass

@@ -38,16 +38,29 @@ def fetch(url: str) -> bytes:
                 raise InputError(f"image {url} is {declared / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit "
                                  "(LIBRA_URL_MAX_MB)")
             parts, got = [], 0
-            while chunk := resp.read1(CHUNK) if hasattr(resp, "read1") else resp.read(CHUNK):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                _read_timeout(resp, remaining)  # a read never waits past the deadline (a server dripping bytes)
+                chunk = resp.read1(CHUNK) if hasattr(resp, "read1") else resp.read(CHUNK)
+                if not chunk:
+                    return b"".join(parts)
                 got += len(chunk)
                 if got > max_bytes:
                     raise InputError(f"image {url} is over the {max_bytes / 1e6:.0f} MB limit (LIBRA_URL_MAX_MB)")
-                if time.monotonic() > deadline:
-                    raise InputError(f"image {url} took longer than {timeout:.0f} s to download (LIBRA_URL_TIMEOUT); "
-                                     "try again or download it first")
                 parts.append(chunk)
-            return b"".join(parts)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any network failure is a user-facing input problem
+        if time.monotonic() >= deadline - 0.05 and isinstance(exc, TimeoutError | OSError):
+            raise InputError(f"image {url} took longer than {timeout:.0f} s to download (LIBRA_URL_TIMEOUT); "
+                             "try again or download it first") from None
         raise InputError(f"cannot download image {url}: {exc}") from exc
+
+
+def _read_timeout(resp: object, seconds: float) -> None:
+    """Bound the next socket read of an ``http.client`` response (plain or TLS socket)."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.01))

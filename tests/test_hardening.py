@@ -216,7 +216,7 @@ def test_importing_libra_leaves_pillow_alone() -> None:
 
 @pytest.fixture
 def slow_server():  # noqa: ANN201
-    """Loopback server: /drip sends one byte every 0.3 s; /huge declares 10 GB; /endless streams without a length."""
+    """Loopback server: /drip sends one byte every 0.3 s, /slowdrip every 4 s; /huge declares 10 GB; /endless streams without a length."""
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -234,7 +234,11 @@ def slow_server():  # noqa: ANN201
             self.end_headers()
             try:
                 for _ in range(2000):
-                    if self.path == "/drip":
+                    if self.path == "/slowdrip":
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(4)
+                    elif self.path == "/drip":
                         self.wfile.write(b"x")
                         self.wfile.flush()
                         time.sleep(0.3)
@@ -261,6 +265,10 @@ def test_url_images_have_a_deadline_and_a_size_cap(slow_server: str, monkeypatch
     with pytest.raises(InputError, match="longer than 2 s"):
         load_image(f"{slow_server}/drip")
     assert time.monotonic() - t0 < 30  # the deadline is 2 s; a per-read timeout alone would wait 600 s (2000 x 0.3 s)
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="longer than 2 s"):
+        load_image(f"{slow_server}/slowdrip")
+    assert time.monotonic() - t0 < 3.5  # ends at the deadline, not when the next byte arrives (4 s)
     with pytest.raises(InputError, match="10000 MB, over the 1 MB limit"):
         load_image(f"{slow_server}/huge")
     with pytest.raises(InputError, match="over the 1 MB limit"):
