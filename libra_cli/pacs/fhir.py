@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from libra_cli.pacs.select import Instance
@@ -63,7 +63,7 @@ def diagnostic_report(text: str, current: Instance, prior: Instance | None, *, m
 
     from libra_cli import __version__
 
-    issued = (issued or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    issued = (issued or datetime.now(UTC)).isoformat(timespec="seconds")
     rid = report_id(current.study, current.sop, prior.sop if prior else "", model, revision or "", text)
     prior_line = (f"Prior study {prior.study} (compared)." if prior is not None
                   else f"No prior study: {prior_note or 'the current image was used as the prior'}.")

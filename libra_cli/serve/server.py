@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +326,7 @@ class Server:
     def _write_download(self, report: Any, model: str, loaded: Any, cur: str, prior: str | None,
                         context: str | None) -> Path:
         """The report as a text file with what the model saw, for the download button."""
-        stamp = datetime.now(timezone.utc)
+        stamp = datetime.now(UTC)
         path = self.downloads / f"libra-report-{stamp:%Y%m%d-%H%M%S-%f}.txt"
         prior_line = os.path.basename(prior) if prior else "none (dummy: the current image was used as the prior)"
         lines = [
