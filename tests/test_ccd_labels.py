@@ -163,7 +163,10 @@ def test_densenet_without_torchxrayvision_is_a_one_line_error(monkeypatch: pytes
 def make_tiny_siglip(out: Path) -> Path:
     """A random SigLIP image-text model with the fixture tokenizer: the MedSigLIP expert's code path, offline."""
     from transformers import AutoTokenizer, SiglipConfig, SiglipModel, SiglipProcessor
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    try:  # the PIL processor has its own module since transformers 5.x; earlier 5.x releases have only the one class
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    except ImportError:
+        from transformers import SiglipImageProcessor as SiglipImageProcessorPil
 
     torch.manual_seed(0)
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)

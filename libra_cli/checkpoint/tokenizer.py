@@ -71,10 +71,13 @@ class SpmCodec:
     @classmethod
     def for_folder(cls, folder: str, tokenizer: Any) -> SpmCodec | None:
         f = Path(folder) / "tokenizer.model"
-        if not f.is_file() or "llama" not in type(tokenizer).__name__.lower():
-            return None
         cfg_file = Path(folder) / "tokenizer_config.json"
         cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        # the folder's declared class decides: transformers 5.0 loads a Llama folder with a tokenizer.json as the
+        # generic TokenizersBackend, whose byte-fallback decoding is the one this codec exists to avoid
+        declared = f"{cfg.get('tokenizer_class') or ''} {type(tokenizer).__name__}".lower()
+        if not f.is_file() or "llama" not in declared:
+            return None
         legacy = cfg.get("legacy")
         try:
             return cls(str(f), tokenizer, legacy is not False, bool(cfg.get("add_prefix_space", True)),

@@ -123,6 +123,9 @@ class LibraMixin:
         """
         if shared_prefix is not None:
             kwargs["shared_prefix"] = shared_prefix
+        if "logits_to_keep" in kwargs and kwargs["logits_to_keep"] is None:
+            # transformers 5.0-5.15's Phi-3 generation passes None, which its forward turns into a new axis
+            kwargs["logits_to_keep"] = 0
         if inputs_embeds is None and input_ids is not None and (
             pixel_values is not None or image_features is not None or _has_placeholders(input_ids)
         ):
