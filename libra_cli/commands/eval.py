@@ -69,8 +69,8 @@ def eval_cmd(
     judge_batch_size: Annotated[int, typer.Option("--judge-batch-size", help="Prompts per judge batch (hf); requests in flight (openai) at least 16.", min=1, rich_help_panel=JUDGE)] = 8,
 ) -> None:
     from libra_cli.metrics import api
-    from libra_cli.metrics.judges.run import JudgeOptions
     from libra_cli.metrics.formats import render, render_compare, to_format
+    from libra_cli.metrics.judges.run import JudgeOptions
     from libra_cli.metrics.records import align_for_compare, append_results_csv, load_pairs, write_per_sample
 
     if compare is not None and predictions is None:

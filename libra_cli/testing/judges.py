@@ -5,7 +5,7 @@
 - MedGemmaCRIMSON: ``Gemma3ForConditionalGeneration`` (SigLIP tower) + a BPE with Gemma's specials and
   Gemma 3's chat template (the system message folded into the first user turn).
 
-Weights are seeded; the stop token's output row is scaled so that generation ends after tens to
+Attention heads are 32 wide (vLLM's CPU attention takes 32 and up). Weights are seeded; the stop token's output row is scaled so that generation ends after tens to
 hundreds of tokens instead of running to the length limit, and the weights are wide enough that
 greedy choices are not near-ties (engines summing in another order pick the same tokens). The text
 is meaningless: these prove that libra runs the packages' prompts, settings and parsers, not what
@@ -62,6 +62,14 @@ def _boost_stop(weight: Any, row: int, scale: float, seed: int) -> None:
     weight.data[row] = direction / direction.norm() * scale
 
 
+def _tokenizer_class(out: Path) -> None:
+    """transformers 5 writes ``TokenizersBackend``, which transformers 4 (the GREEN reference) cannot load."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
 def _save(model: Any, out: Path) -> None:
     model.eval()
     model.save_pretrained(out)
@@ -80,7 +88,7 @@ def build_green_llama(out: Path, tokenizer_dir: Path, seed: int = 0, stop_scale:
         shutil.copyfile(tokenizer_dir / name, out / name)
     vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
     config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, bos_token_id=1,
                          eos_token_id=2, pad_token_id=0, initializer_range=0.2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -119,8 +127,9 @@ def build_green_phi2(out: Path, seed: int = 1, stop_scale: float = 6.0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", model_max_length=2048)
     fast.save_pretrained(out)
+    _tokenizer_class(out)
     config = PhiConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=4096, partial_rotary_factor=0.4, bos_token_id=0,
+                       num_attention_heads=2, max_position_embeddings=4096, partial_rotary_factor=0.5, bos_token_id=0,
                        eos_token_id=0, initializer_range=0.2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = PhiForCausalLM(config)
@@ -151,9 +160,10 @@ def build_crimson_gemma3(out: Path, seed: int = 2, stop_scale: float = 6.0,
                                    pad_token="<pad>", model_max_length=32768, chat_template=GEMMA3_CHAT_TEMPLATE,
                                    add_bos_token=False)
     fast.save_pretrained(out)
+    _tokenizer_class(out)
     ids = {s: tok.token_to_id(s) for s in GEMMA_SPECIALS}
     text = Gemma3TextConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=32768,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=32768,
                             sliding_window=64, layer_types=["sliding_attention", "full_attention"],
                             initializer_range=0.2, pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"],
                             eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]])
@@ -174,6 +184,8 @@ def build_crimson_gemma3(out: Path, seed: int = 2, stop_scale: float = 6.0,
     return out
 
 
+# Both tiny CRIMSON judges ship a generation config (the package then uses it): a random judge never writes the
+# stop token in 8,192 greedy steps, which the no-config path would run (that path is a unit test).
 CRIMSON_GENERATION = {"do_sample": False, "max_new_tokens": 40, "eos_token_id": [1, 5], "pad_token_id": 0}
 
 
@@ -196,15 +208,15 @@ def judge_pairs() -> dict[str, dict[str, list[str]]]:
 
 
 def build_judges(out: Path, tokenizer_dir: Path) -> dict[str, Path]:
-    """Every tiny judge, from fixed seeds, and ``out/hf/hub``: each under its published hub id
-    (the CRIMSON one with a generation config also as ``google/medgemma-4b-it``, which the package
-    prompts with its guidelines)."""
+    """Every tiny judge, from fixed seeds, and ``out/hf/hub``: each under its published hub id, and a
+    second CRIMSON judge as ``google/medgemma-4b-it`` (the package prompts any other model with its guidelines)."""
     from libra_cli.testing.scorers import folder_files, install_in_hf_cache
 
     built = {
         "StanfordAIMI/GREEN-radllama2-7b": build_green_llama(out / "green-radllama2", tokenizer_dir),
         "StanfordAIMI/GREEN-RadPhi2": build_green_phi2(out / "green-radphi2"),
-        "rajpurkarlab/medgemma-4b-it-crimson": build_crimson_gemma3(out / "crimson"),
+        "rajpurkarlab/medgemma-4b-it-crimson": build_crimson_gemma3(out / "crimson",
+                                                                    generation={**CRIMSON_GENERATION, "max_new_tokens": 24}),
         "google/medgemma-4b-it": build_crimson_gemma3(out / "crimson-genconfig", seed=3,
                                                       generation=CRIMSON_GENERATION),
     }

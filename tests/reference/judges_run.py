@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from judge_cases import GREEN_CRAFTED, crimson_crafted  # noqa: E402
 
 data = json.loads(PAIRS.read_text())
+REQUESTED: dict = {}  # the dtype the package asked for (before float32_everywhere)
 result: dict = {"versions": {p: version(p) for p in ("transformers", "torch", "numpy")}}
 
 
@@ -46,6 +47,34 @@ def record(model: torch.nn.Module, calls: list) -> None:
     model.generate = generate
 
 
+def float32_everywhere() -> None:
+    """Load every model in float32 (the one run-time change to the packages' settings).
+
+    The packages load GREEN in float16 (also on the CPU) and CRIMSON in bfloat16; libra's default
+    dtypes are those (checked by the tests), but equal greedy text from two programs whose batches are
+    shaped differently needs float32: in half precision, random tiny judges have logits close enough
+    for summation order to pick another token now and then.
+    """
+    import transformers
+
+    orig_model = transformers.AutoModelForCausalLM.from_pretrained
+    orig_pipeline = transformers.pipeline
+
+    def model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        REQUESTED.setdefault("dtype", str(kwargs.get("torch_dtype", kwargs.get("dtype"))))
+        kwargs.pop("torch_dtype", None)
+        kwargs["dtype"] = torch.float32
+        return orig_model(*args, **kwargs)
+
+    def pipeline(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        REQUESTED.setdefault("dtype", str(kwargs.get("dtype")))
+        kwargs["dtype"] = torch.float32
+        return orig_pipeline(*args, **kwargs)
+
+    transformers.AutoModelForCausalLM.from_pretrained = model
+    transformers.pipeline = pipeline
+
+
 def green_part(checkout: Path) -> None:
     sys.path.insert(0, str(checkout))
     from green_score import GREEN
@@ -53,12 +82,13 @@ def green_part(checkout: Path) -> None:
     result["versions"]["green_score"] = "Stanford-AIMI/GREEN@d72c195"
     for name, model_id in (("radllama2", "StanfordAIMI/GREEN-radllama2-7b"), ("radphi2", "StanfordAIMI/GREEN-RadPhi2")):
         pairs = data[name]
+        REQUESTED.clear()
         scorer = GREEN(model_id, output_dir=".", cpu=True, compute_summary_stats=False)
         calls: list = []
         record(scorer.model, calls)
         _, _, scores, _, df = scorer(pairs["refs"], pairs["hyps"])
         result[name] = {
-            "model": model_id, "dtype": str(scorer.model.dtype), "calls": calls,
+            "model": model_id, "dtype": str(scorer.model.dtype), "package_dtype": REQUESTED["dtype"], "calls": calls,
             "responses": list(df["green_analysis"]), "scores": [float(s) for s in scores],
             # compute_summary's mean and std (its representative sentences need a sentence-transformers model)
             "mean": float(np.mean(scores)), "std": float(np.std(scores)),
@@ -82,6 +112,7 @@ def crimson_part() -> None:
     for name, model_id, batch in (("crimson", "rajpurkarlab/medgemma-4b-it-crimson", 4),
                                   ("crimson_guidelines", "google/medgemma-4b-it", 2)):
         pairs = data[name]
+        REQUESTED.clear()
         scorer = CRIMSONScore(api="hf", model_name=model_id, device="cpu")
         calls: list = []
         record(scorer.pipe.model, calls)
@@ -99,10 +130,11 @@ def crimson_part() -> None:
         scores = [None if r is None else r["crimson_score"] for r in results]
         valid = [s for s in scores if s is not None]
         result[name] = {
-            "model": model_id, "dtype": str(scorer.pipe.model.dtype), "batch_size": batch, "prompts": prompts,
+            "model": model_id, "dtype": str(scorer.pipe.model.dtype), "package_dtype": REQUESTED["dtype"], "batch_size": batch, "prompts": prompts,
             "has_generation_config": scorer._has_generation_config, "calls": calls, "responses": responses,
             "scores": scores, "mean": (sum(valid) / len(valid)) if valid else None,
         }
+    result["crimson_default_max_new_tokens"] = CRIMSONScore.DEFAULT_MAX_NEW_TOKENS  # the no-generation-config path
     result["crimson_prompt_with_context"] = build_prompt("ref", "pred", patient_context={"Age": "82", "Indication": "x"})
     parsed = []
     for text in crimson_crafted():
@@ -120,6 +152,7 @@ def crimson_part() -> None:
     result["crimson_parser"] = parsed
 
 
+float32_everywhere()
 if KIND == "green":
     green_part(Path(sys.argv[5]))
 else:

@@ -376,9 +376,9 @@ def generation_request(tokenizer: Any, generation_config: Any, prompt_len: int) 
     if generation_config is None or getattr(generation_config, "_from_model_config", False):
         return GenRequest(DEFAULT_MAX_NEW_TOKENS, eos_ids)
     new = generation_config.max_new_tokens
-    if new is None:
-        length = int(generation_config.max_length)
-        new = 20 if length == 20 else max(1, length - prompt_len)
+    if new is None:  # transformers 5 leaves unset fields None and falls back to max_length 20 (= 20 new tokens)
+        length = generation_config.max_length
+        new = 20 if length in (None, 20) else max(1, int(length) - prompt_len)
     if not generation_config.do_sample:
         return GenRequest(int(new), eos_ids)
     return GenRequest(int(new), eos_ids, True, float(generation_config.temperature or 1.0), generation_config.top_k,

@@ -139,6 +139,16 @@ def score(response: str) -> JudgeResult:
     return JudgeResult(float(compute_green(response)), details, parsed="[Matched Findings]" in response)
 
 
+def _adds_eos(tokenizer: Any) -> bool:
+    """Whether transformers 4 honours ``add_eos_token`` for this tokenizer (its Llama and Gemma classes)."""
+    import json
+    from pathlib import Path
+
+    config = Path(getattr(tokenizer, "name_or_path", "")) / "tokenizer_config.json"
+    name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class", "") if config.is_file() else ""
+    return str(name).removesuffix("Fast") in ("LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer")
+
+
 class Green:
     """The GREEN judge: prompt ids, per-pair generation budget, response text, score."""
 
@@ -153,13 +163,26 @@ class Green:
         tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    tokenizer_kwargs = {"add_eos_token": True, "use_fast": True, "padding_side": "left"}
+    # add_eos_token is applied below as transformers 4 applied it (transformers 5 applies it to any tokenizer)
+    tokenizer_kwargs = {"use_fast": True, "padding_side": "left"}
 
     def prompt_ids(self, tokenizer: Any, refs: Sequence[str], hyps: Sequence[str], model_id: str) -> list[list[int]]:
-        """The token ids ``get_response`` feeds the model (each row without its left padding)."""
+        """The token ids ``get_response`` feeds the model (each row without its left padding).
+
+        ``AutoTokenizer(..., add_eos_token=True)`` in the authors' transformers 4 appends the stop token for
+        Llama / Gemma tokenizers only (CodeGen's, Phi-2's, ignores it); truncation to 2048 keeps the special
+        tokens and cuts the text between them.
+        """
         texts = [tokenizer.apply_chat_template([{"from": "human", "value": make_prompt(r, h)}, {"from": "gpt", "value": ""}],
                                                tokenize=False, add_generation_prompt=True) for r, h in zip(refs, hyps, strict=True)]
-        return [list(tokenizer(t, truncation=True, max_length=MAX_LENGTH)["input_ids"]) for t in texts]
+        eos = [tokenizer.eos_token_id] if _adds_eos(tokenizer) else []
+        out = []
+        for text in texts:
+            full = list(tokenizer(text)["input_ids"])
+            plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            lead = full[:len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+            out.append(lead + plain[:MAX_LENGTH - len(lead) - len(eos)] + eos)
+        return out
 
     def requests(self, prompts: Sequence[Sequence[int]], tokenizer: Any, generation_config: Any) -> list[GenRequest]:
         """Greedy; ``max_length=2048`` over the authors' left-padded batches of 8 (in input order)."""

@@ -87,8 +87,8 @@ class HfGenerator:
             ids[j, width - len(own):] = torch.tensor(own, dtype=torch.long)
             mask[j, :shared] = 1
             mask[j, width - len(own):] = 1
-        kw: dict[str, Any] = {"max_new_tokens": req.max_new_tokens, "do_sample": req.do_sample, "eos_token_id": eos,
-                              "pad_token_id": pad}
+        kw: dict[str, Any] = {"max_new_tokens": req.max_new_tokens, "do_sample": req.do_sample,
+                              "eos_token_id": eos or None, "pad_token_id": pad}
         if req.do_sample:
             kw.update(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
         else:

@@ -189,7 +189,8 @@ def run(judge_name: str, refs: Sequence[str], hyps: Sequence[str], options: Judg
     new_tokens = 0
     if todo:
         gen = generator or make_generator(options, folder, model_id, dtype, tokenizer)
-        chunk = max(options.batch_size * 4, 16) if options.engine == "hf" else max(options.batch_size * 16, 64)
+        # hf: two batches per saved chunk; vllm / openai: enough prompts for their own batching to fill up
+        chunk = options.batch_size * 2 if options.engine == "hf" else max(options.batch_size * 16, 64)
         console = err_console()
         with progress_bar(console, judge.metric, "pairs", transient=True,
                           disable=not (options.progress and console.is_terminal)) as bar:
