@@ -119,7 +119,7 @@ def run(shape: str, engines: list[str], pairs: int, tokens: int, batch: int, dev
                 label = f"{key}/{engine}"
                 try:
                     res["results"][label] = measure(engine, folders[key], dtype, prompts, tokens, batch)
-                    if engine == "hf":
+                    if engine == "hf" and judge_name == "green":  # Gemma's sliding window: no shared prefix
                         base = measure(engine, folders[key], dtype, prompts, tokens, batch, share_prefix=False)
                         res["results"][f"{key}/hf-no-shared-prefix"] = base
                         res["results"][label]["vs_no_shared_prefix"] = round(

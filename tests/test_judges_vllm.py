@@ -29,12 +29,15 @@ N = 8  # pairs per judge (one GREEN batch of 8: the package's max_length budget)
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+def hub(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Any:
     from libra_cli.testing.judges import build_judges
 
     root = tmp_path_factory.mktemp("judges-vllm")
     build_judges(root, shared_dir / "fixtures" / "tokenizer")
-    return root / "hf" / "hub"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIBRA_CACHE", str(root / "libra-cache"))  # MedGemma's text-only copy for vLLM goes here
+    yield root / "hf" / "hub"
+    mp.undo()
 
 
 def _judge(judge: str, model: str, name: str, hub: Path, **kw: Any) -> Any:
@@ -50,7 +53,7 @@ def test_vllm_engine_equals_the_packages(hub: Path) -> None:
     green = _judge("green", GREEN_ID, "radllama2", hub, engine="vllm")
     assert green.responses == REF["radllama2"]["responses"][:N]
     assert [r.score for r in green.results] == REF["radllama2"]["scores"][:N]
-    crimson = _judge("crimson", CRIMSON_ID, "crimson_guidelines", hub, engine="vllm")  # Gemma 3, text-only
+    crimson = _judge("crimson", CRIMSON_ID, "crimson_guidelines", hub, engine="vllm")  # Gemma 3 as its text-only LM
     assert crimson.responses == REF["crimson_guidelines"]["responses"][:N]
     assert [r.score for r in crimson.results] == REF["crimson_guidelines"]["scores"][:N]
 

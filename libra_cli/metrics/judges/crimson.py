@@ -215,6 +215,9 @@ def calculate_crimson(evaluation: Any) -> dict[str, Any]:  # noqa: C901 - the pa
     """
     Calculate CRIMSON score from evaluation results.
 
+    Long: ``CRIMSONScore._calculate_crimson`` copied statement for statement (``self`` dropped), so that
+    it can be compared with the package line by line.
+
     Args:
         evaluation: Parsed evaluation with matched findings and errors
 

@@ -89,6 +89,8 @@ class HfGenerator:
             mask[j, width - len(own):] = 1
         kw: dict[str, Any] = {"max_new_tokens": req.max_new_tokens, "do_sample": req.do_sample,
                               "eos_token_id": eos or None, "pad_token_id": pad}
+        if not eos:  # no stop token: exactly max_new_tokens (the model's own eos would otherwise fill in)
+            kw["min_new_tokens"] = req.max_new_tokens
         if req.do_sample:
             kw.update(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
         else:

@@ -2,8 +2,8 @@
 
 The prompts go in as libra's token ids (the judge's exact tokenisation), and the stop tokens are the
 judge's alone (``ignore_eos`` + ``stop_token_ids``; the model's generation config is not merged in), so
-greedy judgements equal the transformers engine's. Multimodal judges (MedGemma) run text-only: no image
-per prompt, so vLLM builds no vision encoder. vLLM is imported here only.
+greedy judgements equal the transformers engine's. MedGemma (Gemma 3 image-text) runs as its text-only
+language model (:func:`text_only_folder`); vLLM is imported here only.
 """
 
 from __future__ import annotations
@@ -36,6 +36,51 @@ def vllm_folder(folder: str) -> str:
     return str(clean)
 
 
+_TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                  ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))
+
+
+def text_only_folder(folder: str) -> str:
+    """A Gemma 3 image-text judge (MedGemma) as the text-only ``Gemma3ForCausalLM`` vLLM can load without
+    torchvision (its multimodal class imports the image processor): the text config and the language
+    model's weights, written once into libra's cache. The judge never sees an image, so nothing changes."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from libra_cli.atomic import atomic_output
+    from libra_cli.metrics.models import libra_cache_dir
+
+    src = Path(folder).resolve()
+    out = libra_cache_dir() / "judges" / "text-only" / hashlib.sha256(str(src).encode()).hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return str(out)
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    text = dict(config["text_config"], architectures=["Gemma3ForCausalLM"], model_type="gemma3_text")
+    for key in ("dtype", "torch_dtype", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if key in config and key not in text:
+            text[key] = config[key]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        tmp = Path(tmp)
+        shards = sorted(src.glob("*.safetensors"))
+        for i, shard in enumerate(shards):
+            tensors = {}
+            with safe_open(str(shard), "pt") as fh:
+                for name in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    new = next((to + name[len(frm):] for frm, to in _TEXT_PREFIXES if name.startswith(frm)), None)
+                    if new is not None:
+                        tensors[new] = fh.get_tensor(name)
+            save_file(tensors, str(tmp / f"model-{i:05d}.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(text, indent=2), encoding="utf-8")
+        for entry in src.iterdir():
+            if entry.suffix != ".safetensors" and entry.name not in ("config.json", "model.safetensors.index.json") \
+                    and entry.is_file():
+                (tmp / entry.name).write_bytes(entry.read_bytes())
+    return str(out)
+
+
 class VllmGenerator:
     """A judge model in ``vllm.LLM`` (started on the first call, sized to the prompts)."""
 
@@ -49,6 +94,9 @@ class VllmGenerator:
             raise InputError("--judge-engine vllm needs vLLM, which is not installed; install it with "
                              "bash scripts/install_vllm.sh (docs/engines.md), or use --judge-engine hf") from exc
         self.folder = vllm_folder(folder)
+        config = json.loads((Path(self.folder) / "config.json").read_text(encoding="utf-8"))
+        if config.get("model_type") == "gemma3" and "text_config" in config:
+            self.folder = text_only_folder(self.folder)
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.kv_cache_gb = kv_cache_gb
@@ -66,7 +114,7 @@ class VllmGenerator:
         kw: dict[str, Any] = {"model": self.folder, "dtype": self.dtype, "enable_prefix_caching": True, "seed": self.seed,
                               "max_model_len": self.max_model_len or min(limit, longest), "generation_config": "vllm",
                               "disable_log_stats": True}
-        if getattr(config, "vision_config", None) is not None:
+        if getattr(config, "vision_config", None) is not None:  # another image-text judge: no image per prompt
             kw["limit_mm_per_prompt"] = {"image": 0}
         if current_platform.is_cpu():
             import psutil
