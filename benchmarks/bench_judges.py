@@ -85,7 +85,7 @@ def measure(engine: str, folder: Path, dtype: str, prompts: list[list[int]], tok
     if engine == "vllm":
         from libra_cli.metrics.judges.vllm_gen import VllmGenerator
 
-        gen: Any = VllmGenerator(str(folder), dtype)
+        gen: Any = VllmGenerator(str(folder), dtype, longest=max(map(len, prompts)) + tokens)
     else:
         from libra_cli.metrics.judges.hf import HfGenerator
 

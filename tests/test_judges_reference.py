@@ -93,6 +93,12 @@ def test_crimson_prompts_equal_the_package() -> None:
     assert "Examples of typical classifications" not in REF["crimson"]["prompts"][0]  # MedGemmaCRIMSON: no guidelines
     assert crimson_prompt.build_prompt("ref", "pred", patient_context={"Age": "82", "Indication": "x"}) == \
         REF["crimson_prompt_with_context"]
+    judge = crimson.Crimson()
+    judge.contexts = [{"Age": "82", "Indication": "x"}]  # what JudgeOptions(contexts=...) sets
+    messages = []
+    judge_tok = type("Tok", (), {"apply_chat_template": lambda self, m, **kw: messages.append(m) or {"input_ids": [0]}})()
+    judge.prompt_ids(judge_tok, ["ref"], ["pred"], IDS["crimson_guidelines"])
+    assert messages[0][1]["content"] == REF["crimson_prompt_with_context"] and messages[0][0]["content"] == crimson.SYSTEM
 
 
 # ----------------------------------------------------------------- the tiny judges end to end

@@ -138,11 +138,13 @@ def build_green_phi2(out: Path, seed: int = 1, stop_scale: float = 6.0) -> Path:
     return out
 
 
-def build_crimson_gemma3(out: Path, seed: int = 2, stop_scale: float = 6.0,
-                         generation: dict[str, Any] | None = None) -> Path:
+def build_crimson_gemma3(out: Path, seed: int = 2, stop_scale: float = 3.0,
+                         generation: dict[str, Any] | None = None, tie: bool = False) -> Path:
     """MedGemmaCRIMSON's layout: ``Gemma3ForConditionalGeneration``, Gemma's specials and chat template.
 
     ``generation``: write these as the model's ``generation_config.json`` (the package then uses it).
+    ``tie``: MedGemma ties its output layer to the embeddings; a random tied judge only repeats its last
+    token (a newline), so the tiny one has its own output layer and writes varied tokens.
     """
     import torch
     from transformers import (
@@ -173,11 +175,10 @@ def build_crimson_gemma3(out: Path, seed: int = 2, stop_scale: float = 6.0,
                           boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
                           image_token_index=ids["<image_soft_token>"], initializer_range=0.2,
                           eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]], pad_token_id=ids["<pad>"],
-                          bos_token_id=ids["<bos>"], tie_word_embeddings=True)
+                          bos_token_id=ids["<bos>"], tie_word_embeddings=tie)
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config)
-    emb = model.get_input_embeddings().weight
-    _boost_stop(emb, ids["<eos>"], stop_scale, seed)
+    _boost_stop(model.get_output_embeddings().weight, ids["<eos>"], stop_scale, seed)
     _save(model, out)
     if generation is not None:
         GenerationConfig(**generation).save_pretrained(out)

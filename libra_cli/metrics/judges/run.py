@@ -37,7 +37,8 @@ class JudgeOptions:
     batch_size: int = 8
     device: str | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # engine keyword arguments (vLLM: max_model_len, kv_cache_gb)
+    contexts: Sequence[dict[str, Any] | None] | None = None  # CRIMSON's patient context per pair (Age, Indication, ...)
 
     def validate(self) -> None:
         if self.engine not in ENGINES:
@@ -122,12 +123,13 @@ def check(judge_name: str, options: JudgeOptions, cache_dir: Path | None = None)
         raise InputError("--judge-engine openai needs the openai client: pip install openai")
 
 
-def make_generator(options: JudgeOptions, folder: str, model_id: str, dtype: str, tokenizer: Any) -> TextGenerator:
+def make_generator(options: JudgeOptions, folder: str, model_id: str, dtype: str, tokenizer: Any,
+                   longest: int = 0) -> TextGenerator:
     """The engine behind ``options.engine``; vLLM and openai are imported only when chosen."""
     if options.engine == "vllm":
         from libra_cli.metrics.judges.vllm_gen import VllmGenerator
 
-        return VllmGenerator(folder, dtype, **options.extra)
+        return VllmGenerator(folder, dtype, longest=longest, **options.extra)
     if options.engine == "openai":
         from libra_cli.metrics.judges.openai_gen import OpenAIGenerator
 
@@ -175,6 +177,10 @@ def run(judge_name: str, refs: Sequence[str], hyps: Sequence[str], options: Judg
     alias = _variant(judge_name, model_for(judge_name, options.model) or judge.default_model)
     dtype = options.dtype or judge.models[alias or judge.default_model].dtype
     tokenizer = load_tokenizer(judge, folder)
+    if options.contexts is not None and judge_name == "crimson":  # GREEN's prompt has no context
+        if len(options.contexts) != len(refs):
+            raise InputError(f"{len(options.contexts)} patient contexts for {len(refs)} pairs; give one per pair (None for none)")
+        judge.contexts = list(options.contexts)  # type: ignore[attr-defined]
     prompts = judge.prompt_ids(tokenizer, refs, hyps, model_id)
     requests = judge.requests(prompts, tokenizer, generation_config(folder))
     engine_tag = f"{options.engine}:{dtype}" if options.engine != "openai" else "openai"
@@ -188,7 +194,8 @@ def run(judge_name: str, refs: Sequence[str], hyps: Sequence[str], options: Judg
     t0 = time.perf_counter()
     new_tokens = 0
     if todo:
-        gen = generator or make_generator(options, folder, model_id, dtype, tokenizer)
+        longest = max(len(prompts[i]) + requests[i].max_new_tokens for i in todo)
+        gen = generator or make_generator(options, folder, model_id, dtype, tokenizer, longest)
         # hf: two batches per saved chunk; vllm / openai: enough prompts for their own batching to fill up
         chunk = options.batch_size * 2 if options.engine == "hf" else max(options.batch_size * 16, 64)
         console = err_console()

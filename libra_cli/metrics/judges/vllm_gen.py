@@ -87,7 +87,9 @@ class VllmGenerator:
     name = "vllm"
 
     def __init__(self, folder: str, dtype: str, max_model_len: int | None = None, kv_cache_gb: float | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, longest: int = 0) -> None:
+        """``longest``: prompt + new tokens of the longest request to come (sizes ``max_model_len``, which
+        the first call would otherwise fix from its own prompts)."""
         try:
             import vllm  # noqa: F401
         except ImportError as exc:
@@ -101,6 +103,7 @@ class VllmGenerator:
         self.max_model_len = max_model_len
         self.kv_cache_gb = kv_cache_gb
         self.seed = seed
+        self.longest = longest
         self.llm: Any = None
 
     def _start(self, longest: int) -> None:
@@ -130,7 +133,7 @@ class VllmGenerator:
         from vllm import SamplingParams
 
         if self.llm is None:
-            self._start(max(len(p) + r.max_new_tokens for p, r in zip(prompts, requests, strict=True)))
+            self._start(max(self.longest, *(len(p) + r.max_new_tokens for p, r in zip(prompts, requests, strict=True))))
         params = []
         for r in requests:
             kw: dict[str, Any] = {"max_tokens": r.max_new_tokens, "stop_token_ids": list(r.eos), "ignore_eos": True,
