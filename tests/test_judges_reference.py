@@ -251,6 +251,27 @@ def test_suite_skips_a_judge_without_a_gpu_and_names_what_to_do(hub: Path) -> No
     assert keep == ["green", "crimson"] and not skipped
 
 
+def test_openai_engine_is_checked_without_a_server_or_the_weights(hub: Path, tmp_path: Path) -> None:
+    """The openai engine needs the judge's tokenizer locally, not its weights; without the client: one line."""
+    import importlib.util
+    import shutil
+
+    from libra_cli.errors import InputError
+    from libra_cli.metrics.judges.run import JudgeOptions, check, resolve
+
+    folder = Path(resolve("green", JudgeOptions(model=IDS["radllama2"]), hub)[0])
+    light = tmp_path / "tokenizer-only"
+    shutil.copytree(folder, light, ignore=shutil.ignore_patterns("*.safetensors"))
+    options = JudgeOptions(engine="openai", url="http://127.0.0.1:9/v1", model=str(light))
+    if importlib.util.find_spec("openai") is None:
+        with pytest.raises(InputError, match="pip install openai"):
+            check("green", options, hub)
+    else:
+        check("green", options, hub)
+    with pytest.raises(InputError, match="libra eval download"):  # hf needs the weights of a hub judge
+        check("green", JudgeOptions(model="StanfordAIMI/GREEN-radllama2-7b"), tmp_path / "empty-hub")
+
+
 def test_judge_options_are_checked_before_anything_runs() -> None:
     from libra_cli.errors import InputError
     from libra_cli.metrics.judges.run import JudgeOptions, model_for, scorer_key
