@@ -22,6 +22,7 @@ rest still runs; a stage that would start past ``--budget-s`` is recorded as ski
 6. ``beam``: 10 beams (length penalty 2, no-repeat 3-grams) at batch 1 and 8: throughput and peak
    memory against greedy at the same batch; once more at batch 1 with transformers' own KV
    handling (prompt copied per beam, ``LIBRA_SHARED_PREFIX=0``) for comparison.
+7. ``judges``: GREEN / GREEN-RadPhi2 / CRIMSON pairs/s on hf (vs no shared prefix) and vLLM (benchmarks/bench_judges.py).
 
 Writes ``$OUT/gpu_suite.json`` when ``$OUT`` is set, else ``benchmarks/results/gpu_suite-<device>.json``,
 and prints a table. Must hold (issue 15): batch-1 compiled decode >= 60% of the bandwidth bound;
@@ -354,6 +355,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=450.0, help="start no stage after this many seconds")
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per measurement (best of)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-judges", action="store_true", help="skip GREEN/CRIMSON pairs/s (benchmarks/bench_judges.py)")
     args = ap.parse_args()
 
     from libra_cli.generation import GenerationSettings
@@ -416,6 +418,11 @@ def main() -> int:
                             os.environ.pop("LIBRA_SHARED_PREFIX", None)
         if hasattr(lm, "compile"):
             lm.compile = False
+    with suite.stage("judges", 120) as rec:  # pairs/s per judge and engine (judge-sized random models)
+        if rec is not None and not args.no_judges:
+            from benchmarks.bench_judges import run as judges
+            lm = feats = None  # noqa: F841 - the Libra model's memory goes back first
+            rec.update(judges("real" if args.shape == "7b" else "tiny", ["hf", "vllm"], 32, 256, 8, args.device, ["green", "green:radphi2", "crimson"]))
     res["summary"] = summarise(res, modes, batches, beam_batches)
     res["total_s"] = round(suite.elapsed(), 1)
     out = write(res, args)

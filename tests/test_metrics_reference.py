@@ -137,7 +137,7 @@ def test_rexrank_suite_end_to_end_with_ci_and_per_sample(scorers) -> None:  # no
     from libra_cli.metrics import evaluate_reports
 
     res = evaluate_reports(REFS, HYPS, suite="rexrank", scorers=scorers, bootstrap=200, per_sample=True)
-    assert res["skipped"] == {"green": "GREEN needs a CUDA GPU (a 7B LLM judge); none is available"}
+    assert set(res["skipped"]) == {"green"} and "no CUDA GPU" in res["skipped"]["green"]  # an LLM judge, in a suite
     expect = {"BLEU2_rexrank": REF["bleu2"], "BERTScore": REF["bertscore_rexrank"], "RadGraph": REF["radgraph_combined"]}
     for name, ref in expect.items():
         assert res["raw"][name] == pytest.approx(float(np.mean(ref)), abs=1e-6), name

@@ -37,7 +37,10 @@ def register(app: typer.Typer) -> None:
 
 SUITE_HELP = "libra (the paper's table), rexrank (the leaderboard), chexbert (F1CheXbert)."
 METRICS_HELP = ("Comma list of bleu, meteor, rouge, temporal, bertscore, ratescore, radgraph, bleu2_rexrank, bertscore_rexrank, "
-                "semb, radgraph_combined, radcliq, chexbert, green; or lexical (default), original, all.")
+                "semb, radgraph_combined, radcliq, chexbert, green, crimson; or lexical (default), original, all.")
+JUDGE = "LLM judges (GREEN, CRIMSON; docs/eval.md)"
+JUDGE_MODEL_HELP = ("Judge variant: radllama2-7b (GREEN default), radphi2, medgemma-4b-it-crimson (CRIMSON default), a hub id "
+                    "or a local folder.")
 
 
 @eval_app.command("score", help="Score REFS against PREDS (or one file holding both). Scorer models for the model "
@@ -66,9 +69,15 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for scorer models.", min=1)] = 64,
     workers: Annotated[int | None, typer.Option("--workers", help="CPU workers: METEOR processes and scorer-model threads (default: every core for large inputs).", min=1)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the per-report scorer-output cache.")] = False,
+    judge_engine: Annotated[str, typer.Option("--judge-engine", help="hf (transformers), vllm (prefix caching), openai (a server at --judge-url).", rich_help_panel=JUDGE)] = "hf",
+    judge_url: Annotated[str | None, typer.Option("--judge-url", help="OpenAI-compatible server for --judge-engine openai, e.g. http://127.0.0.1:8000/v1.", rich_help_panel=JUDGE)] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help=JUDGE_MODEL_HELP, rich_help_panel=JUDGE)] = None,
+    judge_dtype: Annotated[str | None, typer.Option("--judge-dtype", help="float16 | bfloat16 | float32 (default: the judge package's: GREEN float16, CRIMSON bfloat16).", rich_help_panel=JUDGE)] = None,
+    judge_batch_size: Annotated[int, typer.Option("--judge-batch-size", help="Prompts per judge batch (hf); requests in flight (openai) at least 16.", min=1, rich_help_panel=JUDGE)] = 8,
 ) -> None:
     from libra_cli.metrics import api
     from libra_cli.metrics.formats import render, render_compare, to_format
+    from libra_cli.metrics.judges.run import JudgeOptions
     from libra_cli.metrics.records import align_for_compare, append_results_csv, load_pairs, write_per_sample
 
     if compare is not None and predictions is None:
@@ -79,8 +88,11 @@ def eval_cmd(
         raise InputError(f"unknown --format {output_format!r}; choose libra, rexrank or radeval")
     groups_spec = metrics if metrics is not None or suite is not None else "lexical"
     api.parse_metrics(groups_spec, suite)  # a typo fails before any file is read
+    judge = JudgeOptions(engine=judge_engine, url=judge_url, model=judge_model, dtype=judge_dtype,
+                         batch_size=judge_batch_size, device=device)
+    judge.validate()
     scorers = api.make_scorers(bertscore_model=bertscore_model, radgraph_model=radgraph_model, device=device,
-                               batch_size=batch_size, workers=workers, cache=not no_cache)
+                               batch_size=batch_size, workers=workers, cache=not no_cache, judge=judge)
     pairs = load_pairs(references, predictions, allow_missing=allow_missing)
     model_name = name or (predictions.stem if predictions else references.stem)
     common: dict[str, Any] = {"suite": suite, "strict": strict, "clean": not no_clean, "seed": seed, "scorers": scorers}
@@ -122,6 +134,7 @@ def download_cmd(
     metrics: Annotated[str | None, typer.Option("--metrics", "-m", help="Models for these metrics (as in `libra eval --metrics`).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="A scorer model by key (repeatable), e.g. radgraph:radgraph-xl, chexbert, ratescore.")] = None,
     radgraph_model: Annotated[str, typer.Option("--radgraph-model", help="RadGraph model for RG_* metrics.")] = "radgraph-xl",
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="Judge variant for green / crimson (as in `libra eval --judge-model`).")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only show what is cached and what would be fetched (no network for cached ones).")] = False,
 ) -> None:
     from rich.console import Console
@@ -130,6 +143,6 @@ def download_cmd(
     from libra_cli.metrics.formats import render_download
 
     console = Console(stderr=True)
-    keys = dl.models_for(suite, metrics, model, radgraph_model)
+    keys = dl.models_for(suite, metrics, model, radgraph_model, judge_model)
     plans = dl.local_plan(keys) if list_only else dl.download(keys, console=console)
     render_download(plans, console)

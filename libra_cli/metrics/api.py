@@ -93,15 +93,15 @@ def _preflight(groups: Sequence[str], explicit: set[str], strict: bool, scorers:
     """Check packages, GPU and local models for every model group before anything loads (fast, offline).
 
     A group that came from ``--suite`` and cannot run is skipped with its reason (``strict``: error);
-    one named in ``--metrics`` is an error. GREEN without a GPU is always skipped.
+    one named in ``--metrics`` is an error. An LLM judge from a suite is skipped without a GPU (its own engine,
+    ``--judge-engine openai``, excepted); named in ``--metrics`` it runs on the CPU.
     """
     from libra_cli.metrics.groups import MODEL_GROUPS
     from libra_cli.metrics.scoring import require_package
 
     packages = {"bertscore": ["bert_score"], "bertscore_rexrank": ["bert_score"], "radgraph": ["radgraph"],
                 "radgraph_combined": ["radgraph"], "semb": ["f1chexbert"], "chexbert": ["f1chexbert"],
-                "ratescore": ["RaTEScore", "medspacy"], "radcliq": ["radgraph", "bert_score", "f1chexbert"],
-                "green": ["radeval"]}
+                "ratescore": ["RaTEScore", "medspacy"], "radcliq": ["radgraph", "bert_score", "f1chexbert"]}
     keep: list[str] = []
     skipped: dict[str, str] = {}
     needs = scorer_model_keys(groups, radgraph_model)
@@ -110,10 +110,20 @@ def _preflight(groups: Sequence[str], explicit: set[str], strict: bool, scorers:
             keep.append(group)
             continue
         try:
-            if group == "green":
-                if not _has_cuda():
-                    skipped[group] = "GREEN needs a CUDA GPU (a 7B LLM judge); none is available"
+            if group in ("green", "crimson"):  # LLM judges: model, engine and URL checked, nothing loaded
+                from libra_cli.metrics.judges.run import JudgeOptions, check
+
+                options = scorers.options.judge or JudgeOptions()
+                if group not in explicit and options.engine != "openai" and not _has_cuda():
+                    skipped[group] = (f"{LABELS[group]} is an LLM judge and no CUDA GPU is here; name it in --metrics "
+                                      "to run it on the CPU anyway, or use --judge-engine openai --judge-url URL")
                     continue
+                try:
+                    check(group, options, scorers.options.hub_cache)
+                except InputError as exc:
+                    raise InputError(f"{LABELS[group]}: {exc}") from None
+                keep.append(group)
+                continue
             for module in packages[group]:
                 require_package(module, LABELS.get(group, group))
             for key in needs[group]:
@@ -152,6 +162,7 @@ def evaluate_reports(
     model_paths: dict[str, Path] | None = None,
     scorers: Any = None,
     meteor: Any = None,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """Score predictions against references: the Libra table, ReXrank's metrics, F1CheXbert.
 
@@ -165,14 +176,15 @@ def evaluate_reports(
                      rouge_bootstrap=rouge_bootstrap, seed=seed, bootstrap=bootstrap, per_sample=per_sample, ids=ids,
                      scorers=scorers or make_scorers(bertscore_model=bertscore_model, radgraph_model=radgraph_model,
                                                      device=device, batch_size=batch_size, workers=workers,
-                                                     cache=cache, model_paths=model_paths),
+                                                     cache=cache, model_paths=model_paths, judge=judge),
                      meteor=meteor)[0]
 
 
 def make_scorers(*, bertscore_model: str | None = None, radgraph_model: str | None = None, device: str | None = None,
                  batch_size: int = 64, workers: int | None = None, cache: bool | Path = True,
-                 model_paths: dict[str, Path] | None = None) -> Any:
-    """Scorer models for one or more evaluations (each loads on first use, once)."""
+                 model_paths: dict[str, Path] | None = None, judge: Any = None) -> Any:
+    """Scorer models for one or more evaluations (each loads on first use, once); ``judge``: a
+    :class:`~libra_cli.metrics.judges.run.JudgeOptions` for GREEN / CRIMSON (engine, URL, model, dtype)."""
     from libra_cli.metrics.models import libra_cache_dir
     from libra_cli.metrics.radgraph import DEFAULT_MODEL_TYPE, MODEL_TYPES
     from libra_cli.metrics.scoring import ModelOptions, Scorers
@@ -189,7 +201,7 @@ def make_scorers(*, bertscore_model: str | None = None, radgraph_model: str | No
         overrides["distilbert-base-uncased"] = folder
     cache_path = None if cache is False else (cache if isinstance(cache, Path) else libra_cache_dir() / "eval-outputs.sqlite")
     return Scorers(ModelOptions(device=device, batch_size=batch_size, radgraph_model=rg, workers=workers,
-                                cache_path=cache_path, overrides=overrides))
+                                cache_path=cache_path, overrides=overrides, judge=judge))
 
 
 def _evaluate(
@@ -302,7 +314,7 @@ def compare_reports(
     """
     if len(predictions_a) != len(predictions_b):
         raise InputError("the two prediction sets differ in length; both must cover the same references")
-    allowed = {"bertscore_model", "radgraph_model", "device", "batch_size", "workers", "cache", "model_paths", "ids",
+    allowed = {"bertscore_model", "radgraph_model", "device", "batch_size", "workers", "cache", "model_paths", "judge", "ids",
                "per_sample", "bootstrap", "rouge_bootstrap"}
     unknown = set(options) - allowed
     if unknown:

@@ -36,7 +36,8 @@ class RepoPlan:
         return sum(size for _, size in self.files)
 
 
-def models_for(suite: str | None, metrics: str | None, models: list[str] | None, radgraph_model: str = "radgraph-xl") -> list[str]:
+def models_for(suite: str | None, metrics: str | None, models: list[str] | None, radgraph_model: str = "radgraph-xl",
+               judge_model: str | None = None) -> list[str]:
     """Scorer model keys named by ``--model`` or needed by ``--suite``/``--metrics`` (default: suite libra)."""
     keys: list[str] = []
     for key in models or []:
@@ -45,7 +46,7 @@ def models_for(suite: str | None, metrics: str | None, models: list[str] | None,
         keys.append(key)
     if suite or metrics or not keys:
         groups = parse_metrics(metrics, suite or ("libra" if not metrics else None))
-        for needed in scorer_model_keys(groups, radgraph_model).values():
+        for needed in scorer_model_keys(groups, radgraph_model, judge_model).values():
             keys.extend(needed)
     return list(dict.fromkeys(keys))
 

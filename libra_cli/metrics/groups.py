@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from libra_cli.errors import InputError
 from libra_cli.metrics.scoring import GroupOutput, Scorers
 
 # RadCliQ-v1 (CXR-Report-Metric ``CXRMetric/radcliq-v1.pkl`` at 9c9ecad): a StandardScaler over the
@@ -144,29 +143,12 @@ def radcliq_group(s: Scorers, refs: Sequence[str], hyps: Sequence[str], shared: 
     return out
 
 
-def green_group(s: Scorers, refs: Sequence[str], hyps: Sequence[str]) -> GroupOutput:
-    """GREEN (GREEN-RadLlama2-7b through RadEval's implementation); needs a CUDA GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise InputError("GREEN needs a CUDA GPU (a 7B LLM judge) and none is available; drop it from --metrics")
-    from libra_cli.metrics.scoring import require_package
-
-    require_package("radeval", "GREEN")
-    res = s.resolved("green")
-    from radeval.metrics.green_score import GREEN  # the field's implementation; not verified without a GPU
-
-    scorer = s._load("green", lambda: GREEN(str(res.paths["StanfordAIMI/GREEN-radllama2-7b"]), output_dir="."))
-    mean, _, per, *_ = scorer(refs=list(refs), hyps=list(hyps))
-    return _mean("GREEN", np.asarray(per, dtype=np.float64))
-
-
 # groups scored on the raw texts, as the leaderboard / package defines them (the Libra table's
 # metrics see the original's lowercase + clean_text)
 RAW_TEXT_GROUPS = frozenset({"bleu2_rexrank", "bertscore_rexrank", "semb", "radgraph_combined", "radcliq", "chexbert",
-                             "ratescore", "green"})
+                             "ratescore", "green", "crimson"})
 MODEL_GROUPS = ("bertscore", "ratescore", "radgraph", "bertscore_rexrank", "semb", "radgraph_combined", "radcliq",
-                "chexbert", "green")
+                "chexbert", "green", "crimson")
 
 
 def run_group(group: str, s: Scorers, refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str],
@@ -194,6 +176,8 @@ def run_group(group: str, s: Scorers, refs: Sequence[str], hyps: Sequence[str], 
         return ratescore_group(s, refs, hyps, ids)
     if group == "radcliq":
         return radcliq_group(s, refs, hyps, shared)
-    if group == "green":
-        return green_group(s, refs, hyps)
+    if group in ("green", "crimson"):  # LLM judges (libra_cli.metrics.judges)
+        from libra_cli.metrics.judges.group import judge_group
+
+        return judge_group(group, s, refs, hyps, ids)
     raise ValueError(group)

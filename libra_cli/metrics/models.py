@@ -44,6 +44,9 @@ class ScorerModel:
 _BERT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 RRG_SCORERS = "StanfordAIMI/RRG_scorers"
+# LLM judges (libra_cli.metrics.judges): config, tokenizer (+ chat template), generation config, weights
+_JUDGE_FILES = ("*.json", "*.model", "*.txt", "*.jinja", "*.safetensors")
+_JUDGE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def _bert_like(repo_id: str, extra: tuple[str, ...] = ()) -> HubRepo:
@@ -72,10 +75,15 @@ SCORER_MODELS: dict[str, ScorerModel] = {
                     (HubRepo("Angelakeke/RaTE-NER-Deberta", ("*.json", "*.model", "*.txt", *_WEIGHTS), (("config.json",), _WEIGHTS)),
                      HubRepo("FremyCompany/BioLORD-2023-C", ("*.json", "*.txt", *_WEIGHTS), (("config.json",), _WEIGHTS))),
                     metrics=("ratescore",)),
-        ScorerModel("green", "GREEN-RadLlama2-7b (needs a GPU)",
-                    (HubRepo("StanfordAIMI/GREEN-radllama2-7b", ("*.json", "*.model", "*.safetensors", "*.txt"),
-                             (("config.json",), ("model.safetensors", "model.safetensors.index.json"))),),
-                    metrics=("green",)),
+        *(
+            ScorerModel(key, description, (HubRepo(repo, _JUDGE_FILES, (("config.json",), ("tokenizer_config.json",),
+                                                                          _JUDGE_WEIGHTS)),), metrics=(group,))
+            for key, description, repo, group in (
+                ("green", "GREEN judge GREEN-RadLlama2-7b (LLM; a GPU in practice)", "StanfordAIMI/GREEN-radllama2-7b", "green"),
+                ("green:radphi2", "GREEN judge GREEN-RadPhi2 (2.7B LLM)", "StanfordAIMI/GREEN-RadPhi2", "green"),
+                ("crimson", "CRIMSON judge MedGemmaCRIMSON (4B LLM)", "rajpurkarlab/medgemma-4b-it-crimson", "crimson"),
+            )
+        ),
     )
 }
 

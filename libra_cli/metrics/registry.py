@@ -26,18 +26,20 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "chexbert": ("CheXbert_F1", "CheXbert_F1_14", "CheXbert_F1_macro", "CheXbert_F1_14_macro",
                  "CheXbert_F1_weighted", "CheXbert_F1_14_weighted", "CheXbert_F1_ex", "CheXbert_F1_14_ex"),
     "green": ("GREEN",),
+    "crimson": ("CRIMSON",),
 }
 # what error messages call each group
 LABELS: dict[str, str] = {
     "bertscore": "BERTScore (original)", "bertscore_rexrank": "BERTScore (ReXrank)", "ratescore": "RaTEScore",
     "radgraph": "RadGraph F1 (RG_E/RG_ER/RG_ER_bar)", "radgraph_combined": "RadGraph F1 (ReXrank)", "semb": "SembScore",
-    "radcliq": "RadCliQ-v1", "chexbert": "F1CheXbert", "green": "GREEN",
+    "radcliq": "RadCliQ-v1", "chexbert": "F1CheXbert", "green": "GREEN", "crimson": "CRIMSON",
 }
+JUDGE_GROUPS = ("green", "crimson")  # LLM-judged (libra_cli.metrics.judges)
 LEXICAL = ("bleu", "meteor", "rouge", "temporal", "bleu2_rexrank")
 SUITES: dict[str, tuple[str, ...]] = {
     # Libra's results table (BLEU1, BLEU4, METEOR, ROUGE-L, RaTEScore, RG_ER) + what libra eval reported before
     "libra": ("bleu", "meteor", "rouge", "bertscore", "temporal", "ratescore", "radgraph"),
-    # ReXrank's leaderboard columns (GREEN only where a GPU is present)
+    # ReXrank's leaderboard columns (GREEN skipped without a GPU unless named in --metrics)
     "rexrank": ("bleu2_rexrank", "bertscore_rexrank", "semb", "radgraph_combined", "ratescore", "radcliq", "green"),
     # LLaVA-Rad / CheXagent / RRG24: F1CheXbert 5 and 14 classes, micro / macro / weighted / example-based
     "chexbert": ("chexbert",),
@@ -45,7 +47,7 @@ SUITES: dict[str, tuple[str, ...]] = {
 ALIASES: dict[str, tuple[str, ...]] = {
     "lexical": ("bleu", "meteor", "rouge", "temporal"),
     "original": ("bleu", "meteor", "rouge", "bertscore", "temporal"),
-    "all": tuple(g for g in METRIC_GROUPS if g != "green"),
+    "all": tuple(g for g in METRIC_GROUPS if g not in ("green", "crimson")),
     "rougel": ("rouge",), "rouge-l": ("rouge",), "bert": ("bertscore",), "bert_score": ("bertscore",),
     "temporal_f1": ("temporal",), "rg_er": ("radgraph",), "f1radgraph": ("radgraph",), "rate": ("ratescore",),
     "sembscore": ("semb",), "radcliq-v1": ("radcliq",), "f1chexbert": ("chexbert",), "bleu2": ("bleu2_rexrank",),
@@ -57,8 +59,10 @@ NOT_PERCENT = frozenset({"RadCliQ-v1", "1/RadCliQ-v1"})
 LOWER_IS_BETTER = frozenset({"RadCliQ-v1"})
 
 
-def scorer_model_keys(groups: Iterable[str], radgraph_model: str) -> dict[str, tuple[str, ...]]:
-    """group -> the scorer model keys (``libra_cli.metrics.models.SCORER_MODELS``) it needs."""
+def scorer_model_keys(groups: Iterable[str], radgraph_model: str, judge_model: str | None = None
+                      ) -> dict[str, tuple[str, ...]]:
+    """group -> the scorer model keys (``libra_cli.metrics.models.SCORER_MODELS``) it needs (a judge: its
+    ``judge_model`` variant; none for a folder or an unlisted hub id, which the judge resolves itself)."""
     needs: dict[str, tuple[str, ...]] = {
         "bertscore": ("bertscore-original",),
         "bertscore_rexrank": ("bertscore-rexrank",),
@@ -68,8 +72,14 @@ def scorer_model_keys(groups: Iterable[str], radgraph_model: str) -> dict[str, t
         "chexbert": ("chexbert",),
         "ratescore": ("ratescore",),
         "radcliq": ("radgraph:radgraph", "bertscore-rexrank", "chexbert"),
-        "green": ("green",),
     }
+    groups = list(groups)
+    if any(g in JUDGE_GROUPS for g in groups):
+        from libra_cli.metrics.judges.run import scorer_key
+
+        for g in JUDGE_GROUPS:
+            key = scorer_key(g, judge_model)
+            needs[g] = (key,) if key else ()
     return {g: needs.get(g, ()) for g in groups}
 
 

@@ -52,6 +52,7 @@ class ModelOptions:
     cache_path: Path | None = None
     overrides: dict[str, Path] = field(default_factory=dict)  # hub repo id -> local folder
     hub_cache: Path | None = None
+    judge: Any = None  # libra_cli.metrics.judges.run.JudgeOptions (None: transformers, the judge's default model)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Scorers:
         self._loaded: dict[str, Any] = {}
         self.load_seconds: dict[str, float] = {}
         self._threads_set = False
+        self.judge_runs: dict[str, Any] = {}  # group -> JudgeRun (responses, stats) of the last run
 
     @property
     def device(self) -> str:
@@ -198,11 +200,15 @@ def versions_for(groups: Sequence[str]) -> dict[str, str]:
         "bertscore": ["bert-score"], "bertscore_rexrank": ["bert-score"], "radgraph": ["radgraph"],
         "radgraph_combined": ["radgraph"], "chexbert": ["f1chexbert", "scikit-learn"], "semb": ["f1chexbert"],
         "ratescore": ["RaTEScore", "medspacy", "PyRuSH", "spacy"], "radcliq": ["radgraph", "bert-score", "f1chexbert"],
-        "green": ["RadEval"],
+        "green": [], "crimson": [],  # ported (docs/eval.md); the engine's versions follow
     }
     pkgs = sorted({p for g in groups for p in needs.get(g, [])})
     out = {p: _pkg_version(p) for p in pkgs}
-    if pkgs:
+    if "green" in groups:
+        out["GREEN"] = "Stanford-AIMI/GREEN@d72c195 (ported)"
+    if "crimson" in groups:
+        out["crimson-score"] = "0.2.2 (ported)"
+    if pkgs or "green" in groups or "crimson" in groups:
         out["transformers"] = _pkg_version("transformers")
         out["torch"] = _pkg_version("torch")
     return out
