@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep the tiny models and partial results here (resumable)")
     args = parser.parse_args()
-    from libra_cli.testing.reports import scorer_pairs
-    from libra_cli.testing.scorers import build_all
+    from tests.builders.reports import scorer_pairs
+    from tests.builders.scorers import build_all
 
     refs, hyps = scorer_pairs()
     with tempfile.TemporaryDirectory() as tmp:
