@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 def tiny(tmp_path_factory) -> Path:
     from PIL import Image
 
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("mp")
     shutil.copytree(SHARED / "fixtures" / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -73,15 +73,17 @@ def test_seed_fixes_lora_init(tiny):
 
 def test_recipe_decides_mixed_precision(monkeypatch):
     """A preset's ``mixed_precision: bf16`` (ACCELERATE_MIXED_PRECISION) must not autocast a float32 recipe."""
+    from libra_cli.commands.train import recipe_precision
     from libra_cli.training.recipe import Recipe
-    from libra_cli.training.trainer import _recipe_mixed_precision
 
     recipe = Recipe(bf16=False, fp16=False)
+    assert (recipe.mixed_precision, Recipe(bf16=True).mixed_precision, Recipe(fp16=True).mixed_precision) == \
+        ("no", "bf16", "fp16")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    _recipe_mixed_precision(recipe)
+    recipe_precision(recipe)  # the CLI boundary, in every launched process
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
-    _recipe_mixed_precision(recipe)  # not launched by accelerate: nothing set
+    recipe_precision(recipe)  # not launched by accelerate: nothing set
     assert "ACCELERATE_MIXED_PRECISION" not in os.environ
 
 
