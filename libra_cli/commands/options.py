@@ -43,8 +43,7 @@ ENVVARS = {"model": "LIBRA_MODEL", "dtype": "LIBRA_DTYPE", "device": "LIBRA_DEVI
 HIDDEN = ("compile_backend", "shared_prefix")
 
 
-def flags_for(settings: type, panel: str, *, extra: list[tuple[str, Any, Any]] = (), prefix: str = "",
-              name: str | None = None) -> type:
+def flags_for(settings: type, panel: str, *, extra: tuple[tuple[str, Any, Any], ...] = (), prefix: str = "") -> type:
     """A flag group generated from a settings dataclass: one option per field that has help text.
 
     The settings class defines each setting once (name, type, default, help: ``libra_cli.requests.setting``);
@@ -68,7 +67,7 @@ def flags_for(settings: type, panel: str, *, extra: list[tuple[str, Any, Any]] =
         option = typer.Option(*(meta.get("names") or (flag,)), help=meta["help"], hidden=key in HIDDEN,
                               rich_help_panel=meta.get("panel") or panel, **env, **meta.get("option", {}))
         fields.append((f"{prefix}{f.name}", Annotated[hints[f.name], option], f.default))
-    return dataclasses.make_dataclass(name or f"{settings.__name__}Flags",
+    return dataclasses.make_dataclass(f"{settings.__name__}Flags",
                                       [(n, t, dataclasses.field(default=d)) for n, t, d in fields])
 
 
@@ -123,8 +122,8 @@ ENGINE_HELP = ("hf (transformers) | vllm (continuous batching, paged attention, 
                "scripts/install_vllm.sh, docs/engines.md).")
 
 
-class EngineFlags(flags_for(VllmOptions, ENG, extra=[(
-        "engine", Annotated[str, typer.Option("--engine", help=ENGINE_HELP, rich_help_panel=ENG)], "hf")])):  # type: ignore[misc]
+class EngineFlags(flags_for(VllmOptions, ENG, extra=((
+        "engine", Annotated[str, typer.Option("--engine", help=ENGINE_HELP, rich_help_panel=ENG)], "hf"),))):  # type: ignore[misc]
     """Which engine generates (transformers, or vLLM: docs/engines.md) and how vLLM spreads over GPUs."""
 
     def check(self) -> str:
@@ -154,7 +153,8 @@ class OutputFlags:
 
 
 # ----------------------------------------------------------------------------- the process's environment
-# The only place below the entry point that touches os.environ: what third-party libraries read from it.
+# What third-party libraries read from the environment is set by the commands, through these; nothing below
+# libra_cli/commands/ writes os.environ (tests/test_architecture.py).
 
 _VLLM_QUIETED = False
 
