@@ -49,7 +49,11 @@ def name_for(engine: str, settings: GenerationSettings) -> str:
 def load(engine: str, spec: ModelSpec, settings: GenerationSettings, *, quiet: bool = False,
          **options: Any) -> BatchEngine:
     """Load ``spec`` on the engine that runs ``settings`` for ``--engine ENGINE`` (``options``: the engine's own)."""
-    return engine_class(name_for(engine, settings)).load(spec, quiet=quiet, **options)
+    name = name_for(engine, settings)
+    cls = engine_class(name)
+    if not hasattr(cls, "load"):  # the openai engine connects to a running server (engines.remote.RemoteModels)
+        raise InputError(f"the {name} engine is not loaded from a checkpoint; it serves what a running server has")
+    return cls.load(spec, quiet=quiet, **options)
 
 
 def for_model(model: LoadedModel, settings: GenerationSettings) -> BatchEngine:
