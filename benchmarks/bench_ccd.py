@@ -101,7 +101,7 @@ def main() -> None:
 
     from libra_cli.checkpoint import load_model
     from libra_cli.generation import GenerationSettings, Sample, prepare_batch
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     tmp = Path(tempfile.mkdtemp())
     try:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.builders: this repo's (radgraph, f1chexbert ship a top-level "tests")
 SHARED = Path(os.environ.get("LIBRA_SHARED", REPO.parent / "shared"))
 
 CHILD = r"""
@@ -86,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [run(SHARED / "fixtures/tiny-libra-tac", "fixture tiny-libra-tac")]
     if not args.skip_100m:
-        from libra_cli.testing.tiny import make_tiny_libra
+        from tests.builders.tiny import make_tiny_libra
 
         tmp = Path(tempfile.mkdtemp())
         try:

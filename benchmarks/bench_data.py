@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.builders: this repo's (radgraph, f1chexbert ship a top-level "tests")
 MIMIC_SUBJECTS = 65_379
 MIMIC_REPORTS = 227_835
 
@@ -38,7 +39,7 @@ def _child_cpu() -> float:
 def bench_pairs(work: Path, subjects: int, snippet_subjects: int, repeats: int) -> None:
     import pandas as pd
 
-    from libra_cli.testing.mimic import make_metadata, write_metadata_csv, write_split_csv
+    from tests.builders.mimic import make_metadata, write_metadata_csv, write_split_csv
 
     meta_p, split_p = work / "mimic-cxr-2.0.0-metadata.csv.gz", work / "mimic-cxr-2.0.0-split.csv.gz"
     t = time.perf_counter()
@@ -104,11 +105,9 @@ def bench_pairs(work: Path, subjects: int, snippet_subjects: int, repeats: int) 
 
 
 def bench_sections(work: Path, reports: int, workers: int, ref_reports: int) -> None:
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_data_reference import reference_sections
-
     from libra_cli.data.sections import SPECIAL_SECTION, SPECIAL_SLICE, extract_sections
-    from libra_cli.testing.mimic import write_report_tree
+    from tests.builders.mimic import write_report_tree
+    from tests.test_data_reference import reference_sections
 
     root = work / f"reports_{reports}" / "files"
     if not root.exists():

@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     refs, preds = make_pairs(args.pairs, seed=0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,8 +65,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from libra_cli.metrics.groups import chexbert_group, radgraph_group, ratescore_group
     from libra_cli.metrics.scoring import ModelOptions, Scorers
-    from libra_cli.testing.reports import scorer_pairs
-    from libra_cli.testing.scorers import build_all, folder_files, install_in_hf_cache
+    from tests.builders.reports import scorer_pairs
+    from tests.builders.scorers import build_all, folder_files, install_in_hf_cache
 
     refs, hyps = scorer_pairs(args.pairs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,7 @@ FOLDERS = {"green": "green-radllama2", "green:radphi2": "green-radphi2", "crimso
 
 def build(work: Path, shape: str) -> dict[str, Path]:
     """The tiny judges (``shape=tiny``) or judge-sized random models with the tiny judges' tokenizers."""
-    from libra_cli.testing.judges import build_judges
+    from tests.builders.judges import build_judges
 
     build_judges(work, SHARED / "fixtures" / "tokenizer")
     folders = {k: work / v for k, v in FOLDERS.items()}
@@ -69,7 +69,7 @@ def build(work: Path, shape: str) -> dict[str, Path]:
 def prompts_for(judge_name: str, folder: Path, n: int) -> list[list[int]]:
     from libra_cli.metrics.judges import get_judge
     from libra_cli.metrics.judges.run import load_tokenizer
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     judge = get_judge(judge_name)
     refs, hyps = make_pairs(n, seed=11)

@@ -1,6 +1,6 @@
 """Studies from a PACS: how fast ``libra batch --dicomweb`` finds and fetches them, against baselines in the same run.
 
-A local Orthanc (``libra_cli.testing.orthanc``) holds synthetic patients, each with three CR/DX studies
+A local Orthanc (``tests.builders.orthanc``) holds synthetic patients, each with three CR/DX studies
 (PA + lateral) on three dates. Measured, rounds alternating so machine load hits every method alike:
 
 - finding the studies (``--prior auto``: metadata of the study, the patient's studies, the prior's metadata)
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 def _archive(folder: Path, patients: int) -> tuple[list[str], dict[str, tuple[Path, Path | None]]]:
     """Write the studies; returns the study UIDs (newest of each patient last) and, per study, its files."""
-    from libra_cli.testing.dicom import Spec, make_instance
+    from tests.builders.dicom import Spec, make_instance
 
     studies, files = [], {}
     for p in range(patients):
@@ -78,7 +78,7 @@ def main() -> None:
     from libra_cli.images import load_image
     from libra_cli.pacs.client import connect
     from libra_cli.pacs.study import Studies, fetch_instance, resolve
-    from libra_cli.testing.orthanc import Orthanc, available
+    from tests.builders.orthanc import Orthanc, available
 
     if available():
         sys.exit(f"bench_pacs needs Orthanc: {available()}")

@@ -73,10 +73,10 @@ def bare_loop(trainer_like: dict, steps: int) -> dict:
 
 
 def cpu_tiny(steps: int) -> None:
-    from libra_cli.testing.tiny import make_tiny_libra
     from libra_cli.training.data import LibraCollator, LibraTrainDataset, read_records
     from libra_cli.training.recipe import load_recipe
     from libra_cli.training.trainer import build_model, train
+    from tests.builders.tiny import make_tiny_libra
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,8 +113,8 @@ def gpu_7b(steps: int, batch: int, text_tokens: int, shape: str = "7b", dev: str
 
     from libra_cli.checkpoint.tower import load_vision_tower
     from libra_cli.model.modeling import BACKBONES
-    from libra_cli.testing.tiny import libra_config, make_vision_tower
     from libra_cli.training.model import lora_target_regex
+    from tests.builders.tiny import libra_config, make_vision_tower
 
     llm, (mh, ml, img, patch) = SHAPES[shape]
     vocab = llm["vocab"]

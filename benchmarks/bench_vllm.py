@@ -1,7 +1,7 @@
 """Studies/s of ``libra batch --engine vllm`` against ``--engine hf``, measured in the same run.
 
 Both engines answer the same studies (pre-decoded, distinct images, current + prior, TAC) with the
-same greedy settings through the same batch machinery (``BatchRunner`` / ``VllmBatchRunner``),
+same greedy settings through the same batch machinery (one ``BatchRunner``, on the hf or the vllm engine),
 at batch 16 (vLLM: 16 requests in flight); vLLM also with its default window (2 x max_num_seqs).
 The greedy answers of both engines are compared too. Engine start-up (vLLM: profiling, KV cache,
 torch.compile unless --enforce-eager) is reported separately, not in studies/s.
@@ -29,12 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.builders: this repo's (radgraph, f1chexbert ship a top-level "tests")
 SHARED = Path(os.environ.get("LIBRA_SHARED", REPO.parent / "shared"))
 
 
 def build_model(root: Path) -> Path:
     """A random Libra whose LLM has head_dim 64 (vLLM's CPU attention needs it)."""
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     shutil.copytree(SHARED / "fixtures/tiny-rad-dino", root / "tiny-rad-dino")
     return make_tiny_libra(root / "libra-bench", SHARED / "fixtures/tokenizer", connector="TAC",
@@ -62,11 +63,11 @@ def main() -> int:
     import torch
 
     from libra_cli import batch as b
-    from libra_cli.batch.vllm import VllmBatchRunner
     from libra_cli.checkpoint import load_model
+    from libra_cli.engines.vllm import VllmEngine, load_vllm_model
     from libra_cli.generation import GenerationSettings
     from libra_cli.vllm_engine.available import require_vllm
-    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from libra_cli.vllm_engine.options import VllmOptions
 
     require_vllm()
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
@@ -103,10 +104,11 @@ def main() -> int:
     vm = load_vllm_model(model, dtype=args.dtype, options=VllmOptions(enforce_eager=args.enforce_eager))
     vllm_start = time.perf_counter() - t
     try:
-        run(VllmBatchRunner(vm, settings, window=2), "warm-vllm", items[:2])
-        v16 = run(VllmBatchRunner(vm, settings, window=args.batch), "vllm")
-        vdef = run(VllmBatchRunner(vm, settings, window=2 * vm.max_num_seqs), "vllm-window")
-        v_beams = run(VllmBatchRunner(vm, beam_settings, window=args.batch), "vllm-beams") if args.beams else None
+        engine = VllmEngine(vm)
+        run(b.BatchRunner(engine, settings, batch_size=2), "warm-vllm", items[:2])
+        v16 = run(b.BatchRunner(engine, settings, batch_size=args.batch), "vllm")
+        vdef = run(b.BatchRunner(engine, settings, batch_size="auto"), "vllm-window")  # 2 x max_num_seqs
+        v_beams = run(b.BatchRunner(engine, beam_settings, batch_size=args.batch), "vllm-beams") if args.beams else None
     finally:
         vm.close()
 

@@ -218,7 +218,7 @@ def build_model(shape: str, device: str, dtype: Any) -> Any:
     from libra_cli.images import ImageProcessorConfig
     from libra_cli.model.encoders import VisionTower
     from libra_cli.model.modeling import LibraLlamaForCausalLM
-    from libra_cli.testing.tiny import libra_config
+    from tests.builders.tiny import libra_config
 
     llm, tw = SHAPES[shape]["llm"], SHAPES[shape]["tower"]
     cfg = libra_config("libra", "TAC", "random-rad-dino-base", mm_hidden=tw["hidden_size"], **llm)

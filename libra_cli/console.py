@@ -70,10 +70,6 @@ def quiet_transformers() -> None:
     """Keep third-party chatter (progress bars, deprecation notes) out of the CLI unless --verbose / --debug."""
     if verbose():
         return
-    import torch
-
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed, when installed, warns on stdout that it fell back to it
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

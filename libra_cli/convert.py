@@ -18,12 +18,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from libra_cli.atomic import atomic_output, check_output
 from libra_cli.checkpoint import layout
-from libra_cli.checkpoint.runtime import DTYPES, dtype_name, parse_dtype, physical_memory, saved_dtype
+from libra_cli.checkpoint.card import CardFacts, write_model_card
+from libra_cli.checkpoint.hub import checkpoint_folder
+from libra_cli.checkpoint.load import LoadedModel, check_projector_fits, load_model
+from libra_cli.checkpoint.runtime import (
+    DTYPES,
+    checkpoint_bytes,
+    dtype_name,
+    parse_dtype,
+    physical_memory,
+    resolve_device,
+    saved_dtype,
+)
+from libra_cli.checkpoint.tower import resolve_vision_tower_path, tower_folder, tower_name
+from libra_cli.engines.hf import prepare_batch
 from libra_cli.errors import InputError, LibraError, ModelLoadError
+from libra_cli.requests import Sample
 
 PROBE_POSITIONS = 32  # logits compared at the last N prompt positions (they depend on every earlier one)
 
@@ -80,7 +95,6 @@ def read_projector(src: str | Path) -> tuple[dict[str, torch.Tensor], str, str, 
     Accepts a full checkpoint (folder or hub id), a stage-1 folder, a LoRA folder, or one of their
     connector files directly.
     """
-    from libra_cli.checkpoint.hub import checkpoint_folder
 
     p = Path(str(src)).expanduser()
     if p.is_file():
@@ -114,7 +128,6 @@ def export_projector(src: str | Path, out: str | Path, dtype: str | None = None,
     if target:
         state = {k: (v.to(DTYPES[target]) if v.is_floating_point() else v) for k, v in state.items()}
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    from libra_cli.checkpoint.load import check_projector_fits
 
     connector = check_projector_fits(state, cfg_dir) if cfg_dir is not None else None
     with atomic_output(out_path, is_dir=False) as tmp:
@@ -190,12 +203,8 @@ def default_tolerance(dtype: str) -> float:
     return 1e-4 if dtype == "float32" else 5e-3
 
 
-def _probe_inputs(loaded: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _probe_inputs(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A deterministic probe: the model's own findings prompt over two seeded random 'images'."""
-    import numpy as np
-
-    from libra_cli.generation import Sample, prepare_batch
-
     h, w = loaded.image_processor.output_size
     rng = np.random.default_rng(1234)
     cur = rng.standard_normal((3, h, w)).astype(np.float32)
@@ -205,7 +214,7 @@ def _probe_inputs(loaded: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def probe_logits(loaded: Any) -> torch.Tensor:
+def probe_logits(loaded: LoadedModel) -> torch.Tensor:
     """Float32 logits of the probe at its last ``PROBE_POSITIONS`` positions, on the CPU."""
     ids, mask, pix = _probe_inputs(loaded)
     dev = loaded.model.get_input_embeddings().weight.device
@@ -234,7 +243,6 @@ def _tokenizer_folder(src_folder: str, base_folder: str | None) -> Path | None:
 def _tower_reference(config: Any, src_folder: str, out: Path, override: str | None, bundle: bool,
                      notes: list[str]) -> tuple[str, Path | None]:
     """The ``mm_vision_tower`` value to write, and the local tower folder (None for a hub id)."""
-    from libra_cli.checkpoint.tower import resolve_vision_tower_path, tower_folder, tower_name
 
     name = tower_name(config, override)
     if name.startswith("hf-hub:"):
@@ -279,7 +287,6 @@ def _write_config(tmp: Path, src_config: Path, target: str, tower_ref: str) -> N
 
 def _card(folder: Path, name: str, src: str, kind: str, model_base: str | None, dtype: str, verify: bool) -> None:
     """The converted folder's model card (what it came from; the reload check runs after this)."""
-    from libra_cli.checkpoint.card import CardFacts, write_model_card
 
     made = f"`libra convert` of `{src}` ({kind}{' on ' + model_base if model_base else ''}) to a standalone {dtype} checkpoint"
     made += "; the written folder was reloaded and its logits checked against the source's." if verify else "."
@@ -294,8 +301,6 @@ def _say(log: Log | None, msg: str) -> None:
 def _verify(tmp: Path, out_path: Path, ref: torch.Tensor, target: str, dev: str, tolerance: float | None,
             result: ConvertResult) -> None:
     """Reload the written folder and compare its probe logits with the source's (``VerificationError`` if off)."""
-    from libra_cli.checkpoint.load import load_model
-
     try:
         again = load_model(str(tmp), dtype=target, device=dev, attn="sdpa")
     except LibraError as exc:
@@ -320,7 +325,6 @@ def _verify(tmp: Path, out_path: Path, ref: torch.Tensor, target: str, dev: str,
 
 def _source(src: str, model_base: str | None) -> tuple[str, str, str | None]:
     """(source folder, its kind, the base folder a LoRA / projector folder needs)."""
-    from libra_cli.checkpoint.hub import checkpoint_folder
 
     src_folder = checkpoint_folder(src, what="model")
     kind = layout.folder_kind(src_folder)
@@ -332,7 +336,7 @@ def _source(src: str, model_base: str | None) -> tuple[str, str, str | None]:
     return src_folder, kind, base_folder
 
 
-def _reference(loaded: Any, work: str, target: str, verify: bool) -> tuple[torch.Tensor | None, float | None]:
+def _reference(loaded: LoadedModel, work: str, target: str, verify: bool) -> tuple[torch.Tensor | None, float | None]:
     """Cast the source to the target dtype as a reload would; its probe logits (and the cast's drift) if verifying."""
     ref = probe_logits(loaded) if verify else None
     drift = None
@@ -345,7 +349,7 @@ def _reference(loaded: Any, work: str, target: str, verify: bool) -> tuple[torch
     return ref, drift
 
 
-def _free(loaded: Any, dev: str) -> None:
+def _free(loaded: LoadedModel, dev: str) -> None:
     """Drop the source model before reloading: two copies of a 7B model do not fit a workstation."""
     loaded.model = None
     gc.collect()
@@ -373,9 +377,6 @@ def convert(
     source's probe logits, and only then moved to ``out``. Raises ``VerificationError`` (exit 3)
     when the logits differ beyond ``tolerance`` x logit scale; ``out`` is then left untouched.
     """
-    from libra_cli.checkpoint.load import load_model
-    from libra_cli.checkpoint.runtime import checkpoint_bytes, resolve_device
-
     t0 = time.perf_counter()
     shard_bytes = parse_size(max_shard_size)
     target_req = parse_dtype(dtype)

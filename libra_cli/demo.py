@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from libra_cli.errors import ModelLoadError
 from libra_cli.paths import DEMO_MODEL
 from libra_cli.paths import EXAMPLE_CURRENT as CURRENT
 from libra_cli.paths import EXAMPLE_PRIOR as PRIOR
@@ -40,8 +41,6 @@ class DemoResult:
 
 def demo_model_path() -> Path:
     """The bundled demo checkpoint (a full Libra folder with its encoder in ``vision_tower/``)."""
-    from libra_cli.errors import ModelLoadError
-
     if not (DEMO_MODEL / "config.json").is_file():
         raise ModelLoadError(f"the demo model is missing from {DEMO_MODEL}; reinstall libra-cli")
     return DEMO_MODEL

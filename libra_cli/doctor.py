@@ -13,7 +13,6 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 CORE = ("torch", "transformers", "peft", "accelerate", "datasets", "huggingface-hub", "safetensors", "tokenizers",
@@ -84,19 +83,15 @@ def _devices(report: Report) -> None:
 
 
 def _hub(report: Report) -> None:
+    from libra_cli.checkpoint import hub
     from libra_cli.checkpoint.registry import KNOWN_MODELS
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    cache = os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-    cache_path = Path(cache).expanduser()
-    report.hub.update(offline=offline, cache=str(cache_path), endpoint=os.environ.get("HF_ENDPOINT", "huggingface.co"))
+    offline = hub.offline()
+    cache_path = hub.cache_dir()
+    report.hub.update(offline=offline, cache=str(cache_path), endpoint=hub.endpoint())
     cached: dict[str, int] = {}
     try:
-        from huggingface_hub import scan_cache_dir
-
-        if cache_path.is_dir():
-            for repo in scan_cache_dir(cache_path).repos:
-                cached[repo.repo_id] = repo.size_on_disk
+        cached = hub.cached_repos(cache_path)
     except Exception as exc:  # noqa: BLE001 - a damaged cache is reported, not fatal
         report.problems.append((f"cannot read the Hugging Face cache at {cache_path} ({exc})",
                                 f"hf cache scan (or remove {cache_path})"))

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from libra_cli.errors import InputError
+from libra_cli.urls import fetch
 
 ImageInput = "str | Path | Image.Image | bytes"
 
@@ -143,8 +144,6 @@ def load_image(source: Any, draft_size: int | None = None) -> Image.Image:
     if isinstance(source, (str, Path)):
         s = str(source)
         if _is_url(s):
-            from libra_cli.urls import fetch
-
             return _open_bytes(fetch(s), s, draft_size)
         path = Path(s).expanduser()
         if not path.exists():
@@ -470,3 +469,18 @@ def load_and_preprocess_many(sources: Sequence[Any], cfg: ImageProcessorConfig, 
         with ThreadPoolExecutor(n, thread_name_prefix="libra-img") as pool:
             done = list(pool.map(lambda s: load_and_preprocess(s, cfg, pad), todo))
     return [done[slot[ident(s)]] for s in sources]
+
+
+def to_pixels(source: Any, cfg: ImageProcessorConfig, pad: bool = True) -> np.ndarray:
+    """Any image a study may hold -> float32 ``[3, H, W]`` exactly as libra preprocesses it (every engine).
+
+    A zero-argument callable (a lazy dataset cell) is called first; arrays that are preprocessed
+    already (numpy float32 or a torch tensor, ``[3, H, W]``) pass through.
+    """
+    if callable(source) and not isinstance(source, (str, bytes, bytearray, Path)):
+        source = source()
+    if isinstance(source, np.ndarray) and source.ndim == 3 and source.dtype == np.float32:
+        return source
+    if type(source).__module__.startswith("torch") and getattr(source, "ndim", 0) == 3:  # torch is not imported here
+        return source.float().cpu().numpy()
+    return load_and_preprocess(source, cfg, pad=pad)

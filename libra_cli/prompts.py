@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 from libra_cli.errors import InputError
@@ -24,6 +23,8 @@ CONTEXT_PREFIX = "Following clinical context: "
 
 @lru_cache(maxsize=1)
 def _templates() -> dict[str, dict[str, Any]]:
+    from importlib import resources  # on first use: `libra --help` reads no template
+
     text = resources.files("libra_cli").joinpath("resources/conv_templates.json").read_text(encoding="utf-8")
     return json.loads(text)
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from libra_cli.errors import InputError, LibraError
+from libra_cli.errors import InputError
 
 IGNORE = ["checkpoint-*", "checkpoint-*/**", ".staging-*", ".staging-*/**", "optimizer.pt", "scheduler.pt",
           "rng_state*", "trainer_state.json", "training_args.bin", "*.tmp", ".*", "runs/**", "best/**"]
@@ -29,11 +29,8 @@ class PushResult:
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          message: str | None = None, token: str | None = None) -> PushResult:
     """Create ``repo_id`` if needed and upload ``folder`` (writing a model card first if it has none)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     from libra_cli.checkpoint import layout
-    from libra_cli.checkpoint.hub import is_hub_id
+    from libra_cli.checkpoint.hub import is_hub_id, upload_folder
 
     src = Path(folder)
     if not src.is_dir():
@@ -49,21 +46,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         write_model_card(src, CardFacts(title=repo_id.split("/")[-1], kind=kind), repo=repo_id)
     files = [p for p in src.rglob("*") if p.is_file() and not _ignored(p.relative_to(src))]
     t0 = time.perf_counter()
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(src), repo_id=repo_id, revision=revision, ignore_patterns=IGNORE,
-                                 commit_message=message or f"Upload {kind} Libra checkpoint with libra push")
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise LibraError(f"the hub refused the upload to {repo_id} ({status}); log in with `hf auth login` "
-                             "or pass a write token (HF_TOKEN)") from exc
-        raise LibraError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from exc
-    except OSError as exc:
-        raise LibraError(f"cannot reach the hub to upload {repo_id} ({exc}); check the network or HF_ENDPOINT") from exc
-    return PushResult(repo_id, str(url), getattr(info, "oid", None), len(files), sum(p.stat().st_size for p in files),
-                      time.perf_counter() - t0)
+    url, commit = upload_folder(src, repo_id, private=private, revision=revision, ignore=IGNORE, token=token,
+                                message=message or f"Upload {kind} Libra checkpoint with libra push")
+    return PushResult(repo_id, url, commit, len(files), sum(p.stat().st_size for p in files), time.perf_counter() - t0)
 
 
 def _ignored(rel: Path) -> bool:

@@ -1,17 +1,19 @@
 """Token streaming, decoded with the model's own (SentencePiece-exact) decoder.
 
-One base turns ``generate``'s token callbacks into "the answer so far"; the terminal (``libra infer``)
-and the web app (``libra serve``) only differ in what they do with it.
+One base turns ``generate``'s token callbacks into "the answer so far"; the terminal (``libra infer``),
+an engine's ``on_text`` callback and the web app (``libra serve``, through a :class:`TextQueue`)
+only differ in what they do with it.
 """
 
 from __future__ import annotations
 
 import queue
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from libra_cli.errors import LibraError
+from libra_cli.requests import Model
 
 
 class DecodingStreamer:
@@ -22,7 +24,7 @@ class DecodingStreamer:
     :meth:`on_text` (called when the text grows) and :meth:`on_end`.
     """
 
-    def __init__(self, loaded: Any) -> None:
+    def __init__(self, loaded: Model) -> None:
         self.loaded = loaded
         self.ids: list[int] = []
         self.text = ""
@@ -49,10 +51,24 @@ class DecodingStreamer:
         raise NotImplementedError
 
 
+class TextStreamer(DecodingStreamer):
+    """Hands the answer so far to ``on_text`` (how token engines serve an engine's ``on_text`` callback)."""
+
+    def __init__(self, loaded: Model, on_text: Callable[[str], None]) -> None:
+        super().__init__(loaded)
+        self._on_text = on_text
+
+    def on_text(self, text: str) -> None:
+        self._on_text(text)
+
+    def on_end(self, text: str) -> None:
+        """The caller gets the whole answer from the report."""
+
+
 class TerminalStreamer(DecodingStreamer):
     """Prints the new suffix of the answer as tokens arrive."""
 
-    def __init__(self, loaded: Any, out: TextIO | None = None) -> None:
+    def __init__(self, loaded: Model, out: TextIO | None = None) -> None:
         super().__init__(loaded)
         self.out = out or sys.stdout
         self.printed = ""
@@ -72,24 +88,21 @@ class TerminalStreamer(DecodingStreamer):
 _STOP = object()
 
 
-class QueueStreamer(DecodingStreamer):
-    """A ``generate`` streamer in the manner of transformers' ``TextIteratorStreamer``.
+class TextQueue:
+    """The answer so far, from a worker thread to the thread that iterates (as transformers' ``TextIteratorStreamer``).
 
-    ``generate`` runs in a worker thread and calls ``put``/``end``; the request handler iterates
-    over the streamer and gets the whole answer so far after each token (decoding: see
-    :class:`DecodingStreamer`). A failure in the worker is re-raised in the
-    iterating thread.
+    ``put`` the growing text, then ``close``; a failure in the worker is handed over with ``fail``
+    and re-raised in the iterating thread.
     """
 
-    def __init__(self, loaded: Any, timeout: float | None = 600.0) -> None:
-        super().__init__(loaded)
+    def __init__(self, timeout: float | None = 600.0) -> None:
         self.timeout = timeout
         self._q: queue.Queue[Any] = queue.Queue()
 
-    def on_text(self, text: str) -> None:
+    def put(self, text: str) -> None:
         self._q.put(text)
 
-    def on_end(self, text: str) -> None:
+    def close(self) -> None:
         self._q.put(_STOP)
 
     def fail(self, exc: BaseException) -> None:
@@ -106,3 +119,24 @@ class QueueStreamer(DecodingStreamer):
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+class QueueStreamer(DecodingStreamer):
+    """A ``generate`` streamer feeding a :class:`TextQueue`: ``generate`` runs in a worker thread and
+    calls ``put``/``end``; the request handler iterates over the streamer (see :class:`DecodingStreamer`)."""
+
+    def __init__(self, loaded: Model, timeout: float | None = 600.0) -> None:
+        super().__init__(loaded)
+        self.queue = TextQueue(timeout)
+
+    def on_text(self, text: str) -> None:
+        self.queue.put(text)
+
+    def on_end(self, text: str) -> None:
+        self.queue.close()
+
+    def fail(self, exc: BaseException) -> None:
+        self.queue.fail(exc)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.queue)

@@ -1,7 +1,7 @@
 """Build the demo model that ships in the package (libra_cli/resources/demo/model), with libra's own tools.
 
 A tiny Libra (Llama 2x64 + TAC + a 12-layer, 32-wide DINOv2 tower at 70 px; about 1.5 MB) is built
-with ``libra_cli.testing.tiny`` and fine-tuned with ``libra train finetune`` (full
+with ``tests.builders.tiny`` and fine-tuned with ``libra train finetune`` (full
 fine-tune, no LoRA) on synthetic findings made of the sentences in the tokenizer's corpus, so that
 ``libra demo`` prints report-like text. It cannot read X-rays: the text does not describe the images.
 
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.builders (test-only builders: not in the wheel)
 DEMO = REPO / "libra_cli" / "resources" / "demo" / "model"
 EXAMPLES = REPO / "libra_cli" / "resources" / "examples"
 QUERY = "Provide a detailed description of the findings in the radiology image."
@@ -39,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     from PIL import Image
 
-    from libra_cli.testing.tiny import make_tiny_libra, make_vision_tower
+    from tests.builders.tiny import make_tiny_libra, make_vision_tower
 
     tok = Path(args.tokenizer)
     sentences = [s.strip() for s in (tok / "corpus.txt").read_text().splitlines() if s.strip()]

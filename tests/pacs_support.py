@@ -41,7 +41,7 @@ def need_packages() -> None:
 
 
 def need_orthanc() -> None:
-    from libra_cli.testing.orthanc import available
+    from tests.builders.orthanc import available
 
     need(missing_packages() or available())
 
@@ -60,8 +60,8 @@ class Pacs:
 
 @contextmanager
 def loaded_orthanc(tmp: Path, users: dict[str, str] | None = None) -> Iterator[Pacs]:
-    from libra_cli.testing.dicom import synthetic_archive
-    from libra_cli.testing.orthanc import Orthanc
+    from tests.builders.dicom import synthetic_archive
+    from tests.builders.orthanc import Orthanc
 
     need_orthanc()
     archive = synthetic_archive(tmp / "files")

@@ -11,7 +11,7 @@ import torch
 
 from libra_cli.checkpoint import load_model
 from libra_cli.generation import GenerationSettings, generate_report
-from libra_cli.testing.tiny import make_tiny_libra, make_vision_tower
+from tests.builders.tiny import make_tiny_libra, make_vision_tower
 from tests.conftest import CXR, FIXTURES
 
 BACKBONES = ["libra", "libra_mistral", "libra_phi3", "libra_gemma", "libra_qwen2", "libra_qwen3"]

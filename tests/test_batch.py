@@ -38,7 +38,7 @@ def fixture_model():
 def tiny_qwen_mlp(tmp_path_factory: pytest.TempPathFactory):
     """A random Qwen2 + mlp2x_gelu model (no prior, other backbone and connector)."""
     from libra_cli.checkpoint import load_model
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("tiny")
     shutil.copytree(FIXTURES / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -190,19 +190,19 @@ def test_bad_samples_go_to_errors_and_exit_code(fixture_model, images, tmp_path,
 
 
 def test_oom_backs_off(fixture_model, images, tmp_path, monkeypatch) -> None:
-    import libra_cli.generation as g
+    from libra_cli.engines.hf import HfEngine
 
-    real = g.generate
+    real = HfEngine.generate
 
     class OutOfMemoryError(RuntimeError):
         pass
 
-    def fake(loaded, samples, settings, **kw):
+    def fake(engine, samples, settings, **kw):
         if len(samples) > 2:
             raise OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(loaded, samples, settings, **kw)
+        return real(engine, samples, settings, **kw)
 
-    monkeypatch.setattr(g, "generate", fake)
+    monkeypatch.setattr(HfEngine, "generate", fake)
     stats = b.run_batch(b.BatchRunner(fixture_model, GenerationSettings(max_new_tokens=2), batch_size=6),
                         _items(images), [], tmp_path / "a.jsonl")
     assert stats.answered == 6 and stats.batch_size <= 2

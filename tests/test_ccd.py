@@ -47,7 +47,7 @@ def labels_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shared fixture and two tiny random models (other backbones, connectors, no-prior)."""
     from libra_cli.checkpoint import load_model
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("ccd-models")
     shutil.copytree(FIXTURES / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -124,7 +124,7 @@ def test_no_prefix_sharing_gives_the_same_tokens(models, labels_file, monkeypatc
 
     loaded = models["fixture"]
     shared = generate(loaded, studies(), ccd(labels_file))
-    monkeypatch.setattr(streams, "shared_prefix", lambda a, b: 0)
+    monkeypatch.setattr(streams, "shared_prefix", lambda a, b, *_: 0)
     assert [r.token_ids for r in generate(loaded, studies(), ccd(labels_file))] == [r.token_ids for r in shared]
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from libra_cli.cli import app
 from libra_cli.errors import InputError
-from libra_cli.generation import GenerationSettings, Sample, generate
+from libra_cli.generation import CCDSettings, GenerationSettings, Sample, generate
 from tests.conftest import CXR, FIXTURES
 
 MODEL = str(FIXTURES / "tiny-libra-tac")
@@ -100,7 +100,7 @@ def test_serve_ccd_with_baseline(loaded, labels_file) -> None:
     server = Server(ServeOptions(models=[MODEL]), cache=ModelCache(loader=lambda k: loaded))
     base = decoding_settings("Greedy", 8, 0.7, 0.9, 0, 3, 1.0, -1)
     assert with_ccd(base, CCDOptions(enabled=False)) is base
-    s = with_ccd(base, CCDOptions(True, 0.5, 0.5, 10, 0.5, "densenet", labels_file))
+    s = with_ccd(base, CCDOptions(True, CCDSettings(0.5, 0.5, 10, 0.5, "densenet", labels_file)))
     updates = list(server.run(MODEL, CUR, PRIOR, None, None, s, compare=True))
     final = updates[-1]
     assert final.done and final.error is None, final.error
@@ -109,7 +109,7 @@ def test_serve_ccd_with_baseline(loaded, labels_file) -> None:
     assert "CCD guidance: Attention to the following clinical instructions: Cardiomegaly" in final.status
     assert "CCD (alpha 0.5" in Path(final.download).read_text()
     with pytest.raises(Exception, match="--ccd-beta must be in"):
-        with_ccd(base, CCDOptions(True, beta=2.0))
+        with_ccd(base, CCDOptions(True, CCDSettings(beta=2.0)))
 
 
 def test_serve_page_builds_with_ccd_controls(loaded) -> None:
@@ -117,7 +117,7 @@ def test_serve_page_builds_with_ccd_controls(loaded) -> None:
     from libra_cli.serve.page import build_app
     from libra_cli.serve.server import CCDOptions, ModelCache, ServeOptions, Server
 
-    opts = ServeOptions(models=[MODEL], ccd=CCDOptions(enabled=True, expert="medsiglip", compare=True))
+    opts = ServeOptions(models=[MODEL], ccd=CCDOptions(enabled=True, settings=CCDSettings(expert="medsiglip"), compare=True))
     demo = build_app(Server(opts, cache=ModelCache(loader=lambda k: loaded)))
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"ccd-on", "ccd-alpha", "ccd-beta", "ccd-gamma", "ccd-expert", "ccd-compare", "baseline"} <= ids

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from libra_cli import convert as core
 from libra_cli.errors import InputError
-from libra_cli.testing.tiny import make_tiny_libra
+from tests.builders.tiny import make_tiny_libra
 from tests.conftest import CXR, FIXTURES
 
 TOK = FIXTURES / "tokenizer"

@@ -13,7 +13,7 @@ import pytest
 from libra_cli.cli import main
 from libra_cli.data.pairing import PairOptions, parse_views, prior_positions, run_pair_priors, view_class
 from libra_cli.errors import InputError
-from libra_cli.testing.mimic import make_metadata, write_metadata_csv, write_split_csv
+from tests.builders.mimic import make_metadata, write_metadata_csv, write_split_csv
 from tests.test_data_reference import join_split, mimic_image, snippet_pairs
 
 

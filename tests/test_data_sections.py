@@ -13,7 +13,7 @@ import pytest
 from libra_cli.cli import main
 from libra_cli.data import sections as S
 from libra_cli.errors import InputError
-from libra_cli.testing.mimic import make_report, write_report_tree
+from tests.builders.mimic import make_report, write_report_tree
 from tests.test_data_reference import ref_section_text, reference_sections
 
 SLICES = {k: list(v) for k, v in S.SPECIAL_SLICE.items()}

@@ -32,7 +32,7 @@ def _samples() -> list[Sample]:
 def test_shared_prefix_beam_equals_transformers_beam(loaded, monkeypatch) -> None:
     st = GenerationSettings(max_new_tokens=12, num_beams=3, num_return_sequences=2, length_penalty=2.0)
     shared = generate(loaded, _samples(), st)
-    monkeypatch.setenv("LIBRA_SHARED_PREFIX", "0")
+    monkeypatch.setattr(loaded, "shared_prefix", False)  # --no-shared-prefix (LIBRA_SHARED_PREFIX=0)
     plain = generate(loaded, _samples(), st)
     for a, b in zip(shared, plain, strict=True):
         assert [c.token_ids for c in a.candidates] == [c.token_ids for c in b.candidates]
@@ -54,7 +54,7 @@ def test_compiled_static_cache_decode_is_exact_and_one_graph(loaded, expected, m
     """``--compile`` path with dynamo's eager backend (traces the step without generating code, fast on CPU)."""
     import torch._dynamo
 
-    monkeypatch.setenv("LIBRA_COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(loaded, "compile_backend", "eager")  # LIBRA_COMPILE_BACKEND=eager
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     loaded.compile = True
@@ -72,12 +72,12 @@ def test_compiled_static_cache_decode_is_exact_and_one_graph(loaded, expected, m
         torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("shared", ["1", "0"])
+@pytest.mark.parametrize("shared", [True, False])
 def test_beam_scores_without_output_scores_are_bit_identical(loaded, monkeypatch, shared) -> None:
     """Candidate scores from per-step top-k equal transformers' ``sequences_scores`` (its output_scores path)."""
     from libra_cli import beam_scores
 
-    monkeypatch.setenv("LIBRA_SHARED_PREFIX", shared)
+    monkeypatch.setattr(loaded, "shared_prefix", shared)
     st = GenerationSettings(max_new_tokens=16, num_beams=4, num_return_sequences=3, length_penalty=2.0)
     ours = generate(loaded, _samples(), st)
     calls = []

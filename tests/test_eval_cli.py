@@ -24,7 +24,7 @@ from libra_cli.metrics.stats import (
     resample_counts,
     resampled_values,
 )
-from libra_cli.testing.reports import make_pairs
+from tests.builders.reports import make_pairs
 
 FAST = "bleu,rouge,temporal"  # no NLTK import: keeps subprocess runs quick
 

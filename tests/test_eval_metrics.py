@@ -1,7 +1,7 @@
 """Lexical metrics equal independent computations (sacrebleu / rouge_score / nltk) to 1e-9.
 
 The corpus is MIMIC-like (``___`` blanks, newlines, hyphens, numbering, unicode, empty and
-unrelated predictions) from ``libra_cli.testing.reports``; the references below are computed
+unrelated predictions) from ``tests.builders.reports``; the references below are computed
 the way HF evaluate did, one library call per metric.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from libra_cli.metrics import lexical
 from libra_cli.metrics.api import evaluate_reports
 from libra_cli.metrics.text import clean_text, prepare
-from libra_cli.testing.reports import make_pairs
+from tests.builders.reports import make_pairs
 
 TOL = 1e-9
 
@@ -241,7 +241,7 @@ def test_evaluate_reports_rejects_bad_input() -> None:
 
 def test_meteor_in_forked_workers_equals_one_process() -> None:
     from libra_cli.metrics import lexical
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     refs, preds = make_pairs(120, seed=3)
     m = lexical.Meteor()

@@ -106,7 +106,7 @@ def test_batch_output_and_rexrank_submission_are_read_as_one_file(tmp_path: Path
 
 
 def test_download_reads_the_cache_layout_and_never_the_network_when_all_is_cached(tmp_path: Path) -> None:
-    from libra_cli.testing.scorers import build_bert, folder_files, install_in_hf_cache, wordpiece_vocab
+    from tests.builders.scorers import build_bert, folder_files, install_in_hf_cache, wordpiece_vocab
 
     hub = tmp_path / "hf" / "hub"
     bert = build_bert(tmp_path / "bert", wordpiece_vocab(["no effusion"]), seed=0)
@@ -127,7 +127,7 @@ def test_download_reads_the_cache_layout_and_never_the_network_when_all_is_cache
 @pytest.mark.skipif(not HAVE_MODEL_PKGS, reason="metrics-model extra not installed")
 def test_json_stays_parseable_with_radgraph_and_rescoring_only_scores_changed_lines(tmp_path: Path, pairs) -> None:  # noqa: ANN001
     """RadGraph prints 'Using device' on stdout in the package; libra keeps stdout for the JSON."""
-    from libra_cli.testing.scorers import build_all, folder_files, install_in_hf_cache
+    from tests.builders.scorers import build_all, folder_files, install_in_hf_cache
 
     tiny = build_all(tmp_path / "tiny")
     hub = tmp_path / "hf" / "hub"

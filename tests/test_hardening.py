@@ -56,7 +56,7 @@ def _read_only(mnt: Path) -> None:
 
 @pytest.fixture(scope="module")
 def metadata(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from libra_cli.testing.mimic import make_metadata, write_metadata_csv
+    from tests.builders.mimic import make_metadata, write_metadata_csv
 
     d = tmp_path_factory.mktemp("meta")
     meta, _ = make_metadata(400, seed=1)
@@ -166,7 +166,7 @@ def test_data_build_refuses_sections_without_the_target(tmp_path: Path, metadata
 
 
 def test_extract_sections_out_is_a_file(tmp_path: Path) -> None:
-    from libra_cli.testing.mimic import write_report_tree
+    from tests.builders.mimic import write_report_tree
 
     root = tmp_path / "files"
     write_report_tree(root, 3, seed=0)

@@ -51,7 +51,7 @@ def test_infer_by_hub_id_offline_from_cache(tmp_path: Path) -> None:
 
 def test_revision_picks_the_snapshot_and_is_recorded(tmp_path: Path) -> None:
     """Two revisions in the cache (main, and a tag v2 with other weights): --revision chooses, outputs say which."""
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     cache = tmp_path / "hub"
     main = _cache_repo(cache, "acme/tiny-libra", FIXTURES / "tiny-libra-tac")

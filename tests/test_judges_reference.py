@@ -28,7 +28,7 @@ IDS = {"radllama2": "StanfordAIMI/GREEN-radllama2-7b", "radphi2": "StanfordAIMI/
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
-    from libra_cli.testing.judges import build_judges
+    from tests.builders.judges import build_judges
 
     root = tmp_path_factory.mktemp("judges")
     build_judges(root, shared_dir / "fixtures" / "tokenizer")

@@ -30,7 +30,7 @@ N = 8  # pairs per judge (one GREEN batch of 8: the package's max_length budget)
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Any:
-    from libra_cli.testing.judges import build_judges
+    from tests.builders.judges import build_judges
 
     root = tmp_path_factory.mktemp("judges-vllm")
     build_judges(root, shared_dir / "fixtures" / "tokenizer")

@@ -13,12 +13,10 @@ from tests.conftest import FIXTURES
 def test_device_map_only_when_the_model_does_not_fit(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (80 * 2**30, 80 * 2**30))
-    monkeypatch.delenv("LIBRA_NO_DEVICE_MAP", raising=False)
     assert not runtime.needs_device_map("cuda", 14 * 2**30)  # 7B in bf16 fits one 80 GB card
     assert runtime.needs_device_map("cuda", 140 * 2**30)  # 70B does not
     assert not runtime.needs_device_map("cpu", 140 * 2**30)
-    monkeypatch.setenv("LIBRA_NO_DEVICE_MAP", "1")
-    assert not runtime.needs_device_map("cuda", 140 * 2**30)
+    assert not runtime.needs_device_map("cuda:1", 140 * 2**30)  # one GPU named (a shard's): that GPU only
 
 
 def test_dtype_and_device_resolution() -> None:

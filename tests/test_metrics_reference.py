@@ -31,7 +31,7 @@ def needs(*modules: str) -> pytest.MarkDecorator:
 def scorers(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """Tiny scorer models in a hub-cache layout, resolved exactly as real ones are (no network)."""
     from libra_cli.metrics.scoring import ModelOptions, Scorers
-    from libra_cli.testing.scorers import build_all, folder_files, install_in_hf_cache
+    from tests.builders.scorers import build_all, folder_files, install_in_hf_cache
 
     root = tmp_path_factory.mktemp("scorers")
     tiny = build_all(root / "tiny")

@@ -23,15 +23,23 @@ ANSWERS = ["The heart size is normal. No effusion.", "Stable cardiomegaly. Lungs
            "Interval improvement of the left effusion.", "No acute change compared with prior."]
 
 
+# the launchers of the environment running the tests, activated or not (`.venv/bin/python -m pytest`)
+PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def _script(name: str) -> str | None:
+    return shutil.which(name, path=PATH)
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PATH": PATH, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from PIL import Image
 
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("mp")
     shutil.copytree(SHARED / "fixtures" / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -73,19 +81,21 @@ def test_seed_fixes_lora_init(tiny):
 
 def test_recipe_decides_mixed_precision(monkeypatch):
     """A preset's ``mixed_precision: bf16`` (ACCELERATE_MIXED_PRECISION) must not autocast a float32 recipe."""
+    from libra_cli.commands.train import recipe_precision
     from libra_cli.training.recipe import Recipe
-    from libra_cli.training.trainer import _recipe_mixed_precision
 
     recipe = Recipe(bf16=False, fp16=False)
+    assert (recipe.mixed_precision, Recipe(bf16=True).mixed_precision, Recipe(fp16=True).mixed_precision) == \
+        ("no", "bf16", "fp16")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    _recipe_mixed_precision(recipe)
+    recipe_precision(recipe)  # the CLI boundary, in every launched process
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
-    _recipe_mixed_precision(recipe)  # not launched by accelerate: nothing set
+    recipe_precision(recipe)  # not launched by accelerate: nothing set
     assert "ACCELERATE_MIXED_PRECISION" not in os.environ
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed (pip install accelerate)")
+@pytest.mark.skipif(_script("accelerate") is None, reason="accelerate CLI not installed (pip install accelerate)")
 def test_ddp_two_processes_finetune(tiny):
     """``--distributed ddp --num-processes 2`` on CPU: 2 ranks, accumulation 1, one summary, output loads."""
     out = tiny / "ddp"
@@ -106,7 +116,7 @@ def test_ddp_two_processes_finetune(tiny):
     assert load_model(str(out), model_base=str(tiny / "base"), device="cpu").kind == "lora"
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+@pytest.mark.skipif(_script("torchrun") is None, reason="torchrun not installed")
 def test_batch_two_processes_merge_equals_one(tmp_path):
     """Two torchrun ranks shard, then merge into the byte-identical file of a single-process run."""
     q = tmp_path / "q.jsonl"
@@ -119,7 +129,7 @@ def test_batch_two_processes_merge_equals_one(tmp_path):
     one, two = tmp_path / "one" / "a.jsonl", tmp_path / "two" / "a.jsonl"
     r1 = subprocess.run([sys.executable, "-m", "libra_cli", "batch", *args, "--out", str(one)],
                         env=_env(), capture_output=True, text=True, timeout=300)
-    r2 = subprocess.run(["torchrun", "--nproc-per-node", "2", "-m", "libra_cli", "batch", *args, "--out", str(two)],
+    r2 = subprocess.run([_script("torchrun"), "--nproc-per-node", "2", "-m", "libra_cli", "batch", *args, "--out", str(two)],
                         env=_env(), capture_output=True, text=True, timeout=300)
     assert r1.returncode == 1 and r2.returncode == 1, r2.stderr[-3000:]  # the missing image fails both
     assert len(one.read_text().splitlines()) == 5

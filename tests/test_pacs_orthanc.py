@@ -1,5 +1,5 @@
 """PACS against a real server: Orthanc with its DICOMweb plugin, started here on a free loopback port, loaded with
-the synthetic studies of ``libra_cli.testing.dicom`` (two patients, several dates, frontal and lateral views,
+the synthetic studies of ``tests.builders.dicom`` (two patients, several dates, frontal and lateral views,
 MONOCHROME1, JPEG 2000, RLE, a CT study and a malformed instance), stopped after.
 
 Runs under ``.ci/run`` (LIBRA_CI=1: a missing Orthanc fails there); skips elsewhere when Orthanc is not installed.
@@ -238,10 +238,11 @@ def test_web_page_offers_fhir_and_sr_for_dicom_uploads(pacs) -> None:
 
     from libra_cli.generation import GenerationSettings
     from libra_cli.pacs.sr import sr_findings
-    from libra_cli.serve.server import ModelKey, ServeOptions, Server
+    from libra_cli.requests import ModelSpec
+    from libra_cli.serve.server import ServeOptions, Server
 
     arc = pacs.archive
-    server = Server(ServeOptions(models=[MODEL], load=ModelKey(MODEL, device="cpu")))
+    server = Server(ServeOptions(models=[MODEL], load=ModelSpec(MODEL, device="cpu")))
     last = list(server.run(None, str(arc.file_of("a5")), str(arc.file_of("a4")), None, None,
                            GenerationSettings(max_new_tokens=8)))[-1]
     assert last.error is None and last.fhir and last.sr

@@ -167,7 +167,7 @@ def test_fetched_datasets_decode_as_the_files(tmp_path: Path) -> None:
     import pydicom
 
     from libra_cli.images import ImageProcessorConfig, load_image, preprocess
-    from libra_cli.testing.dicom import Spec, make_instance
+    from tests.builders.dicom import Spec, make_instance
 
     cfg = ImageProcessorConfig(size={"shortest_edge": 70}, crop_size={"height": 70, "width": 70})
     arrays = []
@@ -186,7 +186,7 @@ def test_fetched_datasets_decode_as_the_files(tmp_path: Path) -> None:
 
 def _source(tmp_path: Path):  # noqa: ANN202
     from libra_cli.pacs.outputs import ReportSource
-    from libra_cli.testing.dicom import SPECS, make_instance
+    from tests.builders.dicom import SPECS, make_instance
 
     paths = {}
     for name in ("a5-pa", "a4-pa"):

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from libra_cli.cli import app
 from libra_cli.errors import InputError
+from libra_cli.requests import ModelSpec
 from libra_cli.serve.server import (
     DECODING_MODES,
     ModelCache,
-    ModelKey,
     ServeOptions,
     Server,
     decoding_settings,
@@ -23,12 +23,12 @@ from libra_cli.streaming import QueueStreamer
 
 
 def test_cache_loads_once_per_key_and_evicts_lru() -> None:
-    loads: list[ModelKey] = []
+    loads: list[ModelSpec] = []
     cache = ModelCache(capacity=2, loader=lambda k: loads.append(k) or f"model:{k.model}")
-    a, b, c = ModelKey("a"), ModelKey("b"), ModelKey("c")
+    a, b, c = ModelSpec("a"), ModelSpec("b"), ModelSpec("c")
     assert cache.get(a)[0] == "model:a"
     assert cache.get(a)[0] == "model:a"  # cached
-    assert ModelKey("a", dtype="bfloat16") != a  # options are part of the key
+    assert ModelSpec("a", dtype="bfloat16") != a  # options are part of the key
     cache.get(b)
     cache.get(a)  # a is now the most recent
     cache.get(c)  # evicts b
@@ -40,7 +40,7 @@ def test_cache_loads_once_per_key_and_evicts_lru() -> None:
 def test_cache_loads_once_under_concurrent_requests() -> None:
     calls = []
     cache = ModelCache(loader=lambda k: calls.append(1) or object())
-    threads = [threading.Thread(target=cache.get, args=(ModelKey("x"),)) for _ in range(8)]
+    threads = [threading.Thread(target=cache.get, args=(ModelSpec("x"),)) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -182,7 +182,7 @@ def test_dicom_uploads_offer_fhir_and_sr_downloads(page: Page, tmp_path: Path) -
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     from libra_cli.pacs.sr import sr_findings
-    from libra_cli.testing.dicom import SPECS, make_instance
+    from tests.builders.dicom import SPECS, make_instance
 
     files = {}
     for which, name in (("current", "a5-pa"), ("prior", "a4-pa")):

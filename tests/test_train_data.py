@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from libra_cli.errors import InputError
+from libra_cli.prompts import IMAGE_TOKEN_INDEX
 from libra_cli.training.data import (
     IGNORE_INDEX,
-    IMAGE_TOKEN_INDEX,
     LibraCollator,
     build_example,
     conversation_text,

@@ -21,7 +21,7 @@ def tiny(tmp_path_factory) -> Path:
     """Base model (tower ../tiny-rad-dino), small copies of the two X-rays, a varied training JSON."""
     from PIL import Image
 
-    from libra_cli.testing.tiny import make_tiny_libra
+    from tests.builders.tiny import make_tiny_libra
 
     root = tmp_path_factory.mktemp("train")
     shutil.copytree(SHARED / "fixtures" / "tiny-rad-dino", root / "tiny-rad-dino")
@@ -150,9 +150,9 @@ def test_plain_llm_base_gets_a_fresh_connector(tiny, tmp_path):
     """A plain Llama folder + vision_tower: a Libra model with a new TAC, only the connector trainable."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from libra_cli.testing.tiny import copy_tokenizer
     from libra_cli.training.model import build_model
     from libra_cli.training.recipe import load_recipe
+    from tests.builders.tiny import copy_tokenizer
 
     cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -172,7 +172,7 @@ def test_connector_on_its_own_learning_rate(tiny, tmp_path):
     from transformers import TrainingArguments
 
     from libra_cli.training.recipe import load_recipe
-    from libra_cli.training.trainer import _trainer_cls, build_model
+    from libra_cli.training.trainer import LibraTrainer, build_model
 
     recipe = load_recipe("tiny-cpu", "finetune", {"model_name_or_path": str(tiny / "base"), "data_path": "x",
                                                    "output_dir": str(tmp_path), "freeze_mm_mlp_adapter": "false",
@@ -182,7 +182,7 @@ def test_connector_on_its_own_learning_rate(tiny, tmp_path):
     assert any("mm_projector" in n for n in names) and any("lora_" in n for n in names)
     assert not any("vision_tower" in n or n.endswith("lm_head.weight") for n in names)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=2e-3)
-    trainer = _trainer_cls()(model=built.model, args=args, recipe=recipe, stage="finetune", built=built)
+    trainer = LibraTrainer(model=built.model, args=args, recipe=recipe, stage="finetune", built=built)
     groups = trainer.create_optimizer().param_groups
     conn = {id(p) for n, p in built.model.named_parameters() if "mm_projector" in n and p.requires_grad}
     for g in groups:

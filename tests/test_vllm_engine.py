@@ -37,28 +37,29 @@ def _hf_reports(folder: Path, samples: list[Any], settings: Any) -> list[Any]:
 
 
 def _vllm_reports(vm: Any, samples: list[Any], settings: Any) -> list[Any]:
-    """Through the engine module's own request / params / report builders (what the batch runner calls)."""
+    """Through the engine module's own request / params / report builders (what the engine's session calls)."""
     from libra_cli.batch.images import decode_image
-    from libra_cli.prompts import get_template
-    from libra_cli.vllm_engine import engine as E
+    from libra_cli.engines import vllm as E
+    from libra_cli.generation import prompt_ids
 
-    stop = get_template(vm.conv_mode).stop_string
+    prompts = [prompt_ids(vm, s) for s in samples]
     reqs = []
-    for s in samples:
+    for s, p in zip(samples, prompts, strict=True):
         prior = decode_image(s.prior, vm) if s.prior and vm.uses_prior else None
-        reqs.append(E.request(vm, s, decode_image(s.current, vm), prior))
+        reqs.append(E.request(vm, s, decode_image(s.current, vm), prior, p))
     outs = vm.llm.generate([E.engine_prompt(r) for r in reqs],
-                           E.sampling_params(vm, settings, stop), use_tqdm=False)
-    return [E.report(vm, s, r["prompt"], stop, [(list(o.outputs[0].token_ids), None)], s.prior is None, settings)
-            for s, r, o in zip(samples, reqs, outs, strict=True)]
+                           E.sampling_params(vm, settings, prompts[0].stop), use_tqdm=False)
+    return [E.report(vm, s, p, [(list(o.outputs[0].token_ids), None)], settings)
+            for s, p, o in zip(samples, prompts, outs, strict=True)]
 
 
 @pytest.mark.parametrize("kind", ["tac", "clip"])
 def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path: Path) -> None:
     """32 studies (16 with prior, 16 current-only): ids, text and prompt as ``--engine hf``; then the batch runner."""
+    from libra_cli.engines.vllm import VllmEngine, load_vllm_model
     from libra_cli.generation import GenerationSettings, prompt_ids
     from libra_cli.prompts import expand_image_tokens
-    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from libra_cli.vllm_engine.options import VllmOptions
 
     folder = tiny["models"][kind]
     samples = studies(tiny["images"])
@@ -78,6 +79,12 @@ def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path
             assert b.token_ids == a.token_ids, (a.id, a.token_ids, b.token_ids)
             assert b.text == a.text
             assert b.prompt == a.prompt
+        # the engine's own generate (all studies in flight at once; one study streamed) gives the same
+        engine = VllmEngine(vm)
+        assert [r.token_ids for r in engine.generate(samples[:6], settings)] == [r.token_ids for r in hf[:6]]
+        seen: list[str] = []
+        streamed = engine.generate(samples[:1], settings, on_text=seen.append)[0]
+        assert streamed.text == hf[0].text and seen and hf[0].text.startswith(seen[0])
         # an EOS-like stop keeps the stop id, as generate() returns it (libra's trim_at_eos)
         stop_at = hf[0].token_ids[2]
         first = _vllm_with_stop(vm, samples[0], stop_at)
@@ -91,9 +98,10 @@ def test_greedy_ids_equal_transformers(tiny: dict[str, Any], kind: str, tmp_path
 @pytest.mark.parametrize("backbone", ["libra_mistral", "libra_qwen2", "libra_qwen3", "libra_gemma", "libra_phi3"])
 def test_other_backbones_equal_transformers(tiny: dict[str, Any], backbone: str, tmp_path: Path) -> None:
     """The plugin maps every Libra backbone to vLLM's own model for it (4 studies, 8 tokens each)."""
+    from libra_cli.engines.vllm import load_vllm_model
     from libra_cli.generation import GenerationSettings
-    from libra_cli.testing.tiny import make_tiny_libra
-    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from libra_cli.vllm_engine.options import VllmOptions
+    from tests.builders.tiny import make_tiny_libra
     from tests.vllm_support import HEAD64
 
     tower = tiny["models"]["tac"].parent / "tiny-rad-dino"
@@ -113,7 +121,7 @@ def _vllm_with_stop(vm: Any, sample: Any, stop_id: int) -> list[int]:
     from vllm import SamplingParams
 
     from libra_cli.batch.images import decode_image
-    from libra_cli.vllm_engine import engine as E
+    from libra_cli.engines import vllm as E
 
     cur = decode_image(sample.current, vm)
     prior = decode_image(sample.prior, vm) if sample.prior else None
@@ -135,8 +143,8 @@ def _questions(images: list[Path], path: Path) -> None:
 def _batch_runner_matches(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
     """``libra batch --engine vllm`` machinery: same answers file as --engine hf, errors file, resume."""
     from libra_cli import batch as b
-    from libra_cli.batch.vllm import VllmBatchRunner
     from libra_cli.checkpoint.load import load_model
+    from libra_cli.engines.vllm import VllmEngine
     from libra_cli.generation import GenerationSettings
 
     q = tmp_path / "q.jsonl"
@@ -148,9 +156,9 @@ def _batch_runner_matches(vm: Any, folder: Path, images: list[Path], tmp_path: P
     b.run_batch(b.BatchRunner(lm, settings, batch_size=4), items, errors, hf_out)
     # first a partial run (3 studies), then the rest resumes; window 2 keeps the engine refilling
     calls: list[int] = []
-    part = VllmBatchRunner(vm, settings, window=2, on_batch=lambda n, t: calls.append(n))
+    part = b.BatchRunner(VllmEngine(vm), settings, batch_size=2, on_batch=lambda n, t: calls.append(n))
     b.run_batch(part, items[:3], [], v_out)
-    stats = b.run_batch(VllmBatchRunner(vm, settings, window=2), items, errors, v_out)
+    stats = b.run_batch(b.BatchRunner(VllmEngine(vm), settings, batch_size=2), items, errors, v_out)
     assert stats.resumed == 3 and stats.answered == len(items) - 4 and stats.failed == 1
     assert sum(calls) == 3
     hf_rows = [json.loads(line) for line in hf_out.read_text().splitlines()]
@@ -176,7 +184,8 @@ def test_beams_equal_transformers_with_and_without_the_ngram_ban(tiny: dict[str,
     libra drives transformers' beam algorithm on vLLM (libra_cli/vllm_engine/beams.py); vLLM's own
     beam search (no n-gram ban) is used only with sampling, a repetition penalty or a stop string.
     """
-    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from libra_cli.engines.vllm import load_vllm_model
+    from libra_cli.vllm_engine.options import VllmOptions
 
     folder = tiny["models"]["tac"]
     vm = load_vllm_model(str(folder), dtype="float32", options=VllmOptions(enforce_eager=True))
@@ -188,8 +197,8 @@ def test_beams_equal_transformers_with_and_without_the_ngram_ban(tiny: dict[str,
 
 def _beams(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
     from libra_cli import batch as b
-    from libra_cli.batch.vllm import VllmBatchRunner
     from libra_cli.checkpoint.load import load_model
+    from libra_cli.engines.vllm import VllmEngine
     from libra_cli.generation import GenerationSettings
 
     q = tmp_path / "qb.jsonl"
@@ -201,7 +210,7 @@ def _beams(vm: Any, folder: Path, images: list[Path], tmp_path: Path) -> None:
                                 num_return_sequences=2)
         hf_out, v_out = tmp_path / f"hf-{name}.jsonl", tmp_path / f"v-{name}.jsonl"
         hf = _answers(b.BatchRunner(lm, st, batch_size=4), q, hf_out)
-        v = _answers(VllmBatchRunner(vm, st, window=4), q, v_out)
+        v = _answers(b.BatchRunner(VllmEngine(vm), st, batch_size=4), q, v_out)
         assert v == hf, name
         hf_c = [json.loads(x)["metadata"]["candidates"] for x in hf_out.read_text().splitlines()]
         v_c = [json.loads(x)["metadata"]["candidates"] for x in v_out.read_text().splitlines()]
@@ -233,10 +242,10 @@ def _eos_prone_copy(folder: Path, dst: Path, lm: Any, images: list[Path]) -> int
 def test_beams_that_end_early_equal_transformers(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Beams ending on EOS before the last step: transformers' length normalisation and stopping rule, on vLLM."""
     from libra_cli import batch as b
-    from libra_cli.batch.vllm import VllmBatchRunner
     from libra_cli.checkpoint.load import load_model
+    from libra_cli.engines.vllm import VllmEngine, load_vllm_model
     from libra_cli.generation import GenerationSettings, Sample, generate
-    from libra_cli.vllm_engine.engine import VllmOptions, load_vllm_model
+    from libra_cli.vllm_engine.options import VllmOptions
 
     images = tiny["images"]
     base = load_model(str(tiny["models"]["tac"]), device="cpu", dtype="float32")
@@ -252,9 +261,9 @@ def test_beams_that_end_early_equal_transformers(tiny: dict[str, Any], tmp_path:
     _questions(images, q)
     vm = load_vllm_model(str(folder), dtype="float32", options=VllmOptions(enforce_eager=True))
     try:
-        runner = VllmBatchRunner(vm, st, window=4)
-        assert runner.exact_beams  # transformers' algorithm, not vLLM's own beam search
-        v = _answers(runner, q, tmp_path / "v.jsonl")
+        engine = VllmEngine(vm)
+        assert engine.session(st, 4, 64, 10).exact_beams  # transformers' algorithm, not vLLM's own beam search
+        v = _answers(b.BatchRunner(engine, st, batch_size=4), q, tmp_path / "v.jsonl")
     finally:
         vm.close()
     hf = _answers(b.BatchRunner(lm, st, batch_size=4), q, tmp_path / "hf.jsonl")

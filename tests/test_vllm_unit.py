@@ -89,7 +89,7 @@ def test_tokenizer_encodes_and_decodes_like_libra() -> None:
 def test_engine_flags_for_vllm(monkeypatch) -> None:
     """The vLLM settings every Libra run needs; the server's command line carries the same."""
     from libra_cli.vllm_engine import api as S
-    from libra_cli.vllm_engine import engine as E
+    from libra_cli.vllm_engine import options as E
 
     monkeypatch.setattr(E, "on_cpu", lambda: True)
     opts = E.VllmOptions(tensor_parallel_size=2, enforce_eager=True)

@@ -28,7 +28,7 @@ def vllm_importable() -> bool:
 
 def make_models(root: Path, fixtures: Path) -> dict[str, Path]:
     """``tac``: TAC + the shared tiny RAD-DINO; ``clip``: mlp2x_gelu + a tiny CLIP (select layer -2)."""
-    from libra_cli.testing.tiny import make_tiny_libra, make_vision_tower
+    from tests.builders.tiny import make_tiny_libra, make_vision_tower
 
     shutil.copytree(fixtures / "tiny-rad-dino", root / "tiny-rad-dino", dirs_exist_ok=True)
     make_vision_tower(root / "tiny-clip", kind="clip", seed=3)

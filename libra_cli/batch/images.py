@@ -1,7 +1,8 @@
 """Batch images: decode + preprocess in background threads, and keep encoder outputs until their last use.
 
 An image shared by several samples (a prior that is also a current) is decoded and encoded once per
-run; the model never waits for JPEG decoding when the workers keep up.
+run; the model never waits for JPEG decoding when the workers keep up. What the cache holds is the
+engine's (``encode_images``): encoder outputs (torch tensors), or pixels (numpy arrays) for vLLM.
 """
 
 from __future__ import annotations
@@ -10,23 +11,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from libra_cli.batch.inputs import ImageRef
+from libra_cli.images import to_pixels
+from libra_cli.requests import Model
 
 
-def decode_image(source: Any, loaded: Any) -> Any:
-    """Any image source -> float32 ``[3, H, W]`` exactly as ``libra infer`` preprocesses it."""
-    import numpy as np
-
-    from libra_cli.images import load_and_preprocess
-
-    if callable(source) and not isinstance(source, (str, bytes, bytearray, Path)):
-        source = source()
-    if isinstance(source, np.ndarray) and source.ndim == 3 and source.dtype == np.float32:
-        return source
-    return load_and_preprocess(source, loaded.image_processor, pad=loaded.pad_images)
+def decode_image(source: Any, model: Model) -> np.ndarray:
+    """Any image source -> float32 ``[3, H, W]`` exactly as ``libra infer`` preprocesses it for ``model``."""
+    return to_pixels(source, model.image_processor, pad=model.pad_images)
 
 
 class ImagePrefetcher:
@@ -78,17 +74,17 @@ class EncoderCache:
         if key in self._data:
             return
         self._data[key] = value
-        self._bytes += value.numel() * value.element_size()
+        self._bytes += value.nbytes
         while self._bytes > self.max_bytes and len(self._data) > 1:
             _, old = self._data.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
+            self._bytes -= old.nbytes
 
     def used(self, key: str) -> None:
         """One planned use done; free the entry after the last one."""
         self._left[key] = self._left.get(key, 1) - 1
         if self._left[key] <= 0 and key in self._data:
             old = self._data.pop(key)
-            self._bytes -= old.numel() * old.element_size()
+            self._bytes -= old.nbytes
 
     def __len__(self) -> int:
         return len(self._data)

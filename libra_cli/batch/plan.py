@@ -1,4 +1,4 @@
-"""Batch planning: shards, length-bucketed batches, batch size from free memory, output names.
+"""Batch planning: shards, length-bucketed batches, output names.
 
 Everything here is a pure function of the inputs (no model), so the split of work is the same in
 every process of a sharded run and on every rerun.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from libra_cli.batch.inputs import ErrorRecord, Item
 from libra_cli.errors import InputError
@@ -104,51 +103,11 @@ def apply_limit(items: list[Item], errors: list[ErrorRecord], limit: int | None)
 
 
 def shard_device(device: str, num_shards: int, shard: int) -> str:
-    """With several shards on a GPU machine, one GPU per process holding the whole model."""
+    """With several shards on a GPU machine, one GPU per process holding the whole model (``cuda:N``: never
+    spread over GPUs with a device map)."""
     if num_shards > 1 and device == "auto":
         import torch
 
         if torch.cuda.is_available():
-            os.environ["LIBRA_NO_DEVICE_MAP"] = "1"
             return f"cuda:{int(os.environ.get('LOCAL_RANK', shard)) % torch.cuda.device_count()}"
     return device
-
-
-
-def per_sample_bytes(config: Any, prompt_len: int, max_new_tokens: int, num_beams: int, elem_bytes: int) -> int:
-    """Rough GPU bytes one sample needs while generating: KV cache + logits + prefill activations."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = int(text.num_hidden_layers)
-    heads = int(text.num_attention_heads)
-    kv = int(getattr(text, "num_key_value_heads", None) or heads)
-    hidden = int(text.hidden_size)
-    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
-    inter = int(getattr(text, "intermediate_size", 4 * hidden))
-    vocab = int(text.vocab_size)
-    total = prompt_len + max_new_tokens
-    kv_cache = 2 * layers * kv * head_dim * total * elem_bytes * num_beams
-    logits = vocab * 4 * 3 * num_beams  # float32 logits, processed scores, softmax
-    prefill = prompt_len * (4 * hidden + 2 * inter) * elem_bytes + heads * prompt_len * prompt_len * elem_bytes
-    return kv_cache + logits + prefill
-
-
-def pick_batch_size(free_bytes: int, sample_bytes: int, n_items: int, cap: int = 256, headroom: float = 0.7) -> int:
-    """The largest batch whose estimated need fits in ``headroom`` of the free memory (at least 1)."""
-    fit = int(free_bytes * headroom) // max(sample_bytes, 1)
-    return max(1, min(fit, cap, max(n_items, 1)))
-
-
-def auto_batch_size(loaded: Any, settings: Any, max_prompt_len: int, n_items: int) -> int:
-    """``--batch-size auto``: from free GPU memory on CUDA; 16 elsewhere (CPU gains little beyond)."""
-    import torch
-
-    dev = str(loaded.device)
-    if not dev.startswith("cuda") or not torch.cuda.is_available():
-        return max(1, min(16, n_items))
-    free, _ = torch.cuda.mem_get_info(torch.device(dev))
-    elem = torch.empty((), dtype=loaded.dtype).element_size()
-    beams = max(settings.num_beams, settings.num_return_sequences)
-    if getattr(settings, "decoding", "standard") == "ccd":
-        beams *= 2  # CCD keeps two KV caches per sequence (the original and the guided prompt)
-    return pick_batch_size(free, per_sample_bytes(loaded.config, max_prompt_len, settings.max_new_tokens, beams, elem),
-                           n_items)

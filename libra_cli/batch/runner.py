@@ -1,9 +1,11 @@
-"""The batch run: plan, decode, encode once per image, generate through the core, write as batches finish.
+"""The batch run: plan, decode, encode once per image, generate on any engine, write as answers come back.
 
-Batch invariance comes from the core: :func:`libra_cli.generation.generate` left-pads and scatters
-each sample's image features into its own placeholders. Here each image's encoder output is
-computed once (:func:`libra_cli.generation.encode_images`), cached until its last use, and handed
-to ``generate`` per sample, which joins current and prior exactly as it does for pixels.
+One runner for every engine (:mod:`libra_cli.engines`): it renders each prompt once (its length
+buckets the plan), decodes images in background threads, asks the engine to encode each image
+once (``encode_images``: encoder outputs for the in-process engines, the pixels themselves for
+vLLM) and keeps the result until its last use, feeds planned batches to the engine's session
+while it has room, and writes what comes back. Batch invariance comes from the engines: the
+transformers engine left-pads and scatters each sample's image features into its own placeholders.
 """
 
 from __future__ import annotations
@@ -16,19 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from libra_cli.atomic import naming, write_jsonl_atomic
 from libra_cli.batch.images import EncoderCache, ImagePrefetcher, decode_image
 from libra_cli.batch.inputs import ErrorRecord, ImageRef, Item, qid_key
 from libra_cli.batch.output import AnswerWriter, answer_id, merge_shards, ordered_answers, read_lines
 from libra_cli.batch.plan import (
-    auto_batch_size,
     errors_path,
     launched_by_torchrun,
     plan_batches,
     shard_items,
     shard_path,
 )
+from libra_cli.checkpoint.load import LoadedModel
+from libra_cli.engines.base import BatchEngine, Request, Session
+from libra_cli.engines.registry import for_model
 from libra_cli.errors import InputError, is_oom
+from libra_cli.requests import GenerationSettings, Prompt, Report, Sample, default_query, prompt_ids
 
 EXIT_SAMPLES_FAILED = 1
 
@@ -128,21 +135,28 @@ class ErrorLog:
 
 
 class BatchRunner:
-    """Runs items through the model in bucketed batches and writes answers as they finish."""
+    """Runs items through an engine in bucketed batches and writes answers as they finish.
 
-    def __init__(self, loaded: Any, settings: Any, *, batch_size: int | str = "auto", workers: int = 2,
-                 prefetch: int = 2, cache_mb: int = 2048, model_id: str | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
-        self.loaded = loaded
+    ``engine``: any :class:`~libra_cli.engines.base.BatchEngine` (``hf``, ``ccd``, ``vllm``), or a
+    :class:`~libra_cli.checkpoint.LoadedModel`, which runs on the in-process engine its settings
+    name (``ccd`` for ``decoding="ccd"``, else ``hf``). ``batch_size``: ``auto`` or a number, as the
+    engine reads it (transformers: samples per forward; vLLM: studies in flight).
+    """
+
+    def __init__(self, engine: BatchEngine | LoadedModel, settings: GenerationSettings, *,
+                 batch_size: int | str = "auto", workers: int = 2, prefetch: int = 2, cache_mb: int = 2048,
+                 model_id: str | None = None, on_batch: Callable[[int, int], None] | None = None) -> None:
+        self.engine = engine if isinstance(engine, BatchEngine) else for_model(engine, settings)
+        self.model = self.engine.model
         self.settings = settings
         self.batch_size = batch_size
         self.workers = workers
         self.prefetch = max(1, prefetch)
         self.cache_bytes = cache_mb << 20
-        self.model_id = model_id or model_id_for(loaded.name)
+        self.model_id = model_id or model_id_for(self.model.name)
         self.on_batch = on_batch
         self.settings_dict = settings.to_dict()
-        self.uses_prior = bool(loaded.uses_prior)
+        self.uses_prior = bool(self.model.uses_prior)
         self._prompt_failures = 0
 
     # -- public -------------------------------------------------------------------------------
@@ -168,13 +182,16 @@ class BatchRunner:
         stats.total = len(items) + stats.input_errors
         pending = [it for it in items if it.key not in writer.done and it.key not in (skip or set())]
         stats.resumed = len(items) - len(pending)
-        samples, lengths = self._prepare(pending, errors)
-        stats.batch_size = bs = self._batch_size(lengths, len(samples))
+        samples, prompts = self._prepare(pending, errors)
+        session = self.engine.session(self.settings, self.batch_size,
+                                      max((len(p.ids) for p in prompts.values()), default=1), len(samples))
+        stats.batch_size = session.window
         if on_start:
             on_start(len(samples))
-        plan = plan_batches([it for it in pending if it.index in samples], lengths, bs)
+        lengths = {i: len(p.ids) for i, p in prompts.items()}
+        plan = plan_batches([it for it in pending if it.index in samples], lengths, session.plan_size)
         try:
-            self._generate_all(plan, samples, writer, errors, stats)
+            _Run(self, session, samples, prompts, writer, errors, stats).all(plan)
         finally:
             writer.close()
             errors.close()
@@ -198,172 +215,189 @@ class BatchRunner:
                 "use a new --out, or --overwrite to start again"
             )
 
-    def _prepare(self, pending: list[Item], errors: ErrorLog) -> tuple[dict[int, Any], dict[int, int]]:
-        """One :class:`~libra_cli.generation.Sample` per item, its prompt tokenised once (the length buckets it)."""
-        from libra_cli.generation import Sample, prompt_ids
-
-        samples: dict[int, Any] = {}
-        lengths: dict[int, int] = {}
+    def _prepare(self, pending: list[Item], errors: ErrorLog) -> tuple[dict[int, Sample], dict[int, Prompt]]:
+        """One :class:`~libra_cli.requests.Sample` per item and its prompt, rendered once (its length buckets it)."""
+        samples: dict[int, Sample] = {}
+        prompts: dict[int, Prompt] = {}
         bad: list[ErrorRecord] = []
         for it in pending:
             s = Sample(it.current.source, it.prior.source if it.prior is not None else None, it.query, it.context,
                        id=it.key)
             try:
-                lengths[it.index] = len(prompt_ids(self.loaded, s)[1])
+                prompts[it.index] = prompt_ids(self.model, s)
             except InputError as exc:
                 bad.append(ErrorRecord(it.index, it.question_id, "input", str(exc), it.where))
                 continue
             samples[it.index] = s
         errors.add(bad)
         self._prompt_failures = len(bad)
-        return samples, lengths
+        return samples, prompts
 
-    def _batch_size(self, lengths: dict[int, int], n: int) -> int:
-        if self.batch_size == "auto":
-            return int(auto_batch_size(self.loaded, self.settings, max(lengths.values(), default=1), n))
-        return int(self.batch_size)
-
-    def _refs(self, it: Item) -> list[ImageRef]:
+    def refs(self, it: Item) -> list[ImageRef]:
+        """The images a study's answer depends on: the current, and the prior when the model reads it."""
         return [it.current] + ([it.prior] if self.uses_prior and it.prior is not None else [])
 
-    def _generate_all(self, plan: list[list[Item]], samples: dict[int, Any], writer: AnswerWriter, errors: ErrorLog,
-                      stats: RunStats) -> None:
-        """Every planned batch in turn; an out-of-memory batch is split in half, with the rest of the plan."""
-        uses: dict[str, int] = {}
-        for it in (it for b in plan for it in b):
-            for ref in self._refs(it):
-                uses[ref.key] = uses.get(ref.key, 0) + 1
-        cache = EncoderCache(uses, self.cache_bytes)
-        pre = ImagePrefetcher(lambda src: decode_image(src, self.loaded), self.workers)
-        bad_images: dict[str, str] = {}
-        queue = list(plan)
-        try:
-            for b in queue[: self.prefetch]:
-                self._submit(pre, cache, b)
-            bi = 0
-            while bi < len(queue):
-                for nb in queue[bi + 1: bi + 1 + self.prefetch]:
-                    self._submit(pre, cache, nb)
-                try:
-                    records, errs, ntok = self._run_batch(queue[bi], samples, pre, cache, bad_images, stats)
-                except Exception as exc:
-                    if is_oom(exc) and len(queue[bi]) > 1:  # back off: split this batch and the rest
-                        self._free_cuda()
-                        half = max(1, len(queue[bi]) // 2)
-                        rest = [it for b in queue[bi:] for it in b]
-                        queue = queue[:bi] + [rest[i: i + half] for i in range(0, len(rest), half)]
-                        stats.batch_size = half
-                        continue
-                    raise
-                writer.append(records)
-                errors.add(errs)
-                stats.answered += len(records)
-                stats.failed += len(errs)
-                stats.new_tokens += ntok
-                stats.batches += 1
-                if self.on_batch:
-                    self.on_batch(len(records) + len(errs), ntok)
-                bi += 1
-        finally:
-            pre.close()
-        stats.image_wait_s = pre.wait_s
-        stats.cache_hits = cache.hits
-        stats.encoded_images = cache.misses
-
-    def _submit(self, pre: ImagePrefetcher, cache: EncoderCache, batch: list[Item]) -> None:
-        for it in batch:
-            for ref in self._refs(it):
-                if cache.get(ref.key) is None:
-                    pre.submit(ref)
-
-    @staticmethod
-    def _free_cuda() -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _encode(self, batch: list[Item], pre: ImagePrefetcher, cache: EncoderCache,
-                bad_images: dict[str, str]) -> tuple[list[Item], list[ErrorRecord]]:
-        """Encode the batch's uncached images (decode errors -> sample errors); returns the good items."""
-        from libra_cli.generation import encode_images
-
-        todo: dict[str, Any] = {}
-        for it in batch:
-            for ref in self._refs(it):
-                if ref.key in bad_images:
-                    continue
-                if ref.key in todo or cache.get(ref.key) is not None:
-                    cache.hits += 1
-                    continue
-                try:
-                    todo[ref.key] = pre.take(ref)
-                except InputError as exc:
-                    bad_images[ref.key] = str(exc)
-                except Exception as exc:  # noqa: BLE001 - any decode failure is this sample's problem
-                    bad_images[ref.key] = f"cannot load image: {type(exc).__name__}: {exc}"
-        if todo:
-            for k, e in zip(todo, encode_images(self.loaded, list(todo.values())), strict=True):
-                cache.put(k, e)
-            cache.misses += len(todo)
-        good, errs = [], []
-        for it in batch:
-            bad = next((bad_images[r.key] for r in self._refs(it) if r.key in bad_images), None)
-            if bad:
-                errs.append(ErrorRecord(it.index, it.question_id, "image", bad, it.where))
-            else:
-                good.append(it)
-        return good, errs
-
-    def _run_batch(self, batch: list[Item], samples: dict[int, Any], pre: ImagePrefetcher, cache: EncoderCache,
-                   bad_images: dict[str, str], stats: RunStats) -> tuple[list[dict[str, Any]], list[ErrorRecord], int]:
-        from libra_cli.generation import generate
-
-        t = time.perf_counter()
-        good, errs = self._encode(batch, pre, cache, bad_images)
-        records: list[dict[str, Any]] = []
-        ntok = 0
-        if good:
-            enc = [(cache.get(it.current.key), cache.get(it.prior.key) if self._refs(it)[1:] else None)
-                   for it in good]
-            try:
-                reports = generate(self.loaded, [samples[it.index] for it in good], self.settings,
-                                   encoder_outputs=enc)
-            except InputError as exc:  # a sample the model refuses: isolate it
-                if len(good) > 1:
-                    raise
-                errs.append(ErrorRecord(good[0].index, good[0].question_id, "generate", str(exc), good[0].where))
-                reports, good = [], []
-            ntok = int(reports[0].timings.get("new_tokens", 0)) if reports else 0
-            records = [self._record(it, rep) for it, rep in zip(good, reports, strict=True)]
-        for it in batch:
-            for ref in self._refs(it):
-                cache.used(ref.key)
-        stats.model_s += time.perf_counter() - t
-        return records, errs, ntok
-
-    def _record(self, it: Item, rep: Any) -> dict[str, Any]:
-        from libra_cli.generation import default_query
-
-        meta: dict[str, Any] = {"settings": self.settings_dict, "conv_mode": self.loaded.conv_mode,
+    def record(self, it: Item, rep: Report) -> dict[str, Any]:
+        """One answers-file line."""
+        meta: dict[str, Any] = {"settings": self.settings_dict, "conv_mode": self.model.conv_mode,
                                 "prior_is_dummy": it.prior is None}
         for key in ("revision", "commit"):  # which weights wrote it (hub models)
-            if self.loaded.info.get(key):
-                meta[f"model_{key}"] = self.loaded.info[key]
+            if self.model.info.get(key):
+                meta[f"model_{key}"] = self.model.info[key]
         if self.settings.num_return_sequences > 1:
             meta["candidates"] = [{"text": c.text, "score": c.score} for c in rep.candidates]
         if it.reference is not None:
             meta["reference"] = it.reference
         if it.selection is not None:
             meta["study_selection"] = it.selection
+        if self.model.info.get("engine"):  # an engine other than transformers wrote it
+            meta["engine"] = self.model.info["engine"]
         return {
             "question_id": it.question_id,
-            "prompt": it.query if it.query is not None else default_query(self.loaded),
+            "prompt": it.query if it.query is not None else default_query(self.model),
             "text": rep.text,
             "answer_id": answer_id(self.model_id, it.question_id, self.settings_dict),
             "model_id": self.model_id,
             "metadata": meta,
         }
+
+
+class _Run:
+    """One run's loop: images decoded ahead and encoded once per image, planned batches fed to the engine's
+    session while it has room, answers written as the session returns them."""
+
+    def __init__(self, runner: BatchRunner, session: Session, samples: dict[int, Sample], prompts: dict[int, Prompt],
+                 writer: AnswerWriter, errors: ErrorLog, stats: RunStats) -> None:
+        self.r, self.session, self.samples, self.prompts = runner, session, samples, prompts
+        self.writer, self.errors, self.stats = writer, errors, stats
+        self.items: dict[int, Item] = {}
+        self.in_flight: dict[int, Request] = {}
+        self.bad_images: dict[str, str] = {}
+        self.lookahead = session.lookahead if session.lookahead is not None else runner.prefetch
+
+    def all(self, plan: list[list[Item]]) -> None:
+        """Every planned batch; a batch that runs out of memory is split in half, with the rest of the plan."""
+        uses: dict[str, int] = {}
+        for it in (it for b in plan for it in b):
+            self.items[it.index] = it
+            for ref in self.r.refs(it):
+                uses[ref.key] = uses.get(ref.key, 0) + 1
+        self.cache = EncoderCache(uses, self.r.cache_bytes)
+        self.pre = ImagePrefetcher(lambda src: decode_image(src, self.r.model), self.r.workers)
+        queue = list(plan)
+        try:
+            for b in queue[: self.lookahead]:
+                self._prefetch(b)
+            bi = 0
+            while bi < len(queue) or self.session.busy():
+                if bi < len(queue) and (self.session.has_room() or not self.session.busy()):
+                    for nb in queue[bi + 1: bi + 1 + self.lookahead]:
+                        self._prefetch(nb)
+                    self._submit(queue[bi])
+                    bi += 1
+                    continue
+                try:
+                    self._step()
+                except Exception as exc:
+                    failed = list(self.in_flight.values())
+                    if is_oom(exc) and len(failed) > 1 and not self.session.busy():  # back off: split batch and rest
+                        self._free_cuda()
+                        half = max(1, len(failed) // 2)
+                        rest = [self.items[r.key] for r in failed] + [it for b in queue[bi:] for it in b]
+                        self.in_flight.clear()
+                        queue = queue[:bi] + [rest[i: i + half] for i in range(0, len(rest), half)]
+                        self.stats.batch_size = half
+                        continue
+                    raise
+        finally:
+            self.pre.close()
+        self.stats.image_wait_s = self.pre.wait_s
+        self.stats.cache_hits = self.cache.hits
+        self.stats.encoded_images = self.cache.misses
+
+    def _prefetch(self, batch: list[Item]) -> None:
+        for it in batch:
+            for ref in self.r.refs(it):
+                if self.cache.get(ref.key) is None:
+                    self.pre.submit(ref)
+
+    def _submit(self, batch: list[Item]) -> None:
+        """Encode the batch's images (decode errors -> sample errors) and hand the good samples to the engine."""
+        t = time.perf_counter()
+        good, errs = self._encode(batch)
+        requests = [Request(it.index, self.samples[it.index], self.prompts[it.index],
+                            (self.cache.get(it.current.key),
+                             self.cache.get(it.prior.key) if self.r.refs(it)[1:] else None)) for it in good]
+        for it in batch:
+            for ref in self.r.refs(it):
+                self.cache.used(ref.key)
+        self.stats.model_s += time.perf_counter() - t
+        if errs:
+            self._flush([], errs, 0)
+        if requests:
+            self.session.submit(requests)
+            self.in_flight.update((r.key, r) for r in requests)
+
+    def _step(self) -> None:
+        t = time.perf_counter()
+        done = self.session.step()
+        self.stats.model_s += time.perf_counter() - t
+        records, errs, ntok = [], [], 0
+        for d in done:
+            it = self.items[d.request.key]
+            self.in_flight.pop(d.request.key, None)
+            if d.report is None:  # a sample the engine refused
+                errs.append(ErrorRecord(it.index, it.question_id, "generate", d.error or "", it.where))
+                continue
+            ntok += sum(len(c.token_ids) for c in d.report.candidates)
+            records.append(self.r.record(it, d.report))
+        self._flush(records, errs, ntok)
+
+    def _flush(self, records: list[dict[str, Any]], errs: list[ErrorRecord], ntok: int) -> None:
+        if not records and not errs:
+            return
+        self.writer.append(records)
+        self.errors.add(errs)
+        self.stats.answered += len(records)
+        self.stats.failed += len(errs)
+        self.stats.new_tokens += ntok
+        self.stats.batches += bool(records)
+        if self.r.on_batch:
+            self.r.on_batch(len(records) + len(errs), ntok)
+
+    @staticmethod
+    def _free_cuda() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _encode(self, batch: list[Item]) -> tuple[list[Item], list[ErrorRecord]]:
+        """Encode the batch's uncached images with the engine (decode errors -> sample errors); the good items."""
+        todo: dict[str, Any] = {}
+        for it in batch:
+            for ref in self.r.refs(it):
+                if ref.key in self.bad_images:
+                    continue
+                if ref.key in todo or self.cache.get(ref.key) is not None:
+                    self.cache.hits += 1
+                    continue
+                try:
+                    todo[ref.key] = self.pre.take(ref)
+                except InputError as exc:
+                    self.bad_images[ref.key] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is this sample's problem
+                    self.bad_images[ref.key] = f"cannot load image: {type(exc).__name__}: {exc}"
+        if todo:
+            for k, e in zip(todo, self.r.engine.encode_images(list(todo.values())), strict=True):
+                self.cache.put(k, e)
+            self.cache.misses += len(todo)
+        good, errs = [], []
+        for it in batch:
+            bad = next((self.bad_images[r.key] for r in self.r.refs(it) if r.key in self.bad_images), None)
+            if bad:
+                errs.append(ErrorRecord(it.index, it.question_id, "image", bad, it.where))
+            else:
+                good.append(it)
+        return good, errs
 
 
 def run_batch(runner: BatchRunner, items: list[Item], errors: list[ErrorRecord], out: str | Path, *,

@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from libra_cli.ccd.beam import beam_search
-from libra_cli.ccd.scoring import Mix, Scorer, StopRule
-from libra_cli.ccd.streams import IMAGE_TOKEN_INDEX, Streams
+from libra_cli.ccd.scoring import Scorer, StopRule
+from libra_cli.ccd.streams import Streams
 from libra_cli.ccd.types import Decoded, Study
+from libra_cli.requests import GenerationSettings
 
 
-def reference_history(ids: list[int], num_image_tokens: int) -> list[int]:
+def reference_history(ids: list[int], num_image_tokens: int, image_token: int) -> list[int]:
     """Expanded prompt ids -> the reference's (one placeholder per image), image placeholders as 0."""
     out: list[int] = []
     run = 0
     for t in ids:
-        if t == IMAGE_TOKEN_INDEX:
+        if t == image_token:
             run += 1
             if run % num_image_tokens == 1 or num_image_tokens == 1:
                 out.append(0)
@@ -44,31 +45,28 @@ def decode(
     model: Any,
     studies: list[Study],
     features: torch.Tensor | None,
-    mix: Mix,
+    settings: GenerationSettings,
     stop: StopRule,
-    max_new_tokens: int,
     pad_id: int,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    num_return_sequences: int = 1,
     streamer: Any = None,
 ) -> list[Decoded]:
-    """CCD answers for every study (``num_return_sequences`` each)."""
+    """CCD answers for every study (``settings.num_return_sequences`` each)."""
+    max_new_tokens = settings.max_new_tokens
     with torch.inference_mode():
         streams = Streams(model, pad_id)
         logits = streams.prefill([s.original for s in studies], [s.guided for s in studies], features)
         bias = torch.stack([s.bias for s in studies]).to(logits.device)
-        scorer = Scorer(mix, bias, [s.history for s in studies])
-        if num_beams > 1:
-            return beam_search(streams, scorer, logits, stop, max_new_tokens, num_beams, length_penalty,
-                               num_return_sequences)
-        n = num_return_sequences
+        scorer = Scorer(settings, bias, [s.history for s in studies])
+        if settings.num_beams > 1:
+            return beam_search(streams, scorer, logits, stop, max_new_tokens, settings.num_beams,
+                               settings.length_penalty, settings.num_return_sequences)
+        n = settings.num_return_sequences
         if n > 1:  # independent samples of each study: repeat its rows after the shared prefill
             idx = torch.arange(len(studies)).repeat_interleave(n)
             streams.select(idx)
             scorer.select(idx.tolist())
             logits = logits.view(len(studies), 2, -1)[idx.to(logits.device)].reshape(-1, logits.shape[-1])
-        seqs, scores = _sample(streams, scorer, logits, stop, max_new_tokens, mix.temperature > 0, n > 1, streamer)
+        seqs, scores = _sample(streams, scorer, logits, stop, max_new_tokens, settings.do_sample, n > 1, streamer)
     return [Decoded(seqs[i * n: (i + 1) * n], scores[i * n: (i + 1) * n]) for i in range(len(studies))]
 
 

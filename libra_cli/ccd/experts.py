@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from libra_cli.ccd.labels import Labels
+from libra_cli.checkpoint.hub import hub_folder, offline
+from libra_cli.console import quiet_transformers
 from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.images import load_image
 
 MEDSIGLIP_ID = "google/medsiglip-448"
 # predict_medsiglip_labels' ``findings`` (U:63-77): the 13 CheXpert labels in this order
@@ -43,8 +46,6 @@ _experts: dict[tuple[str, str], Any] = {}
 
 def study_image(sample: Any) -> Any:
     """The current image of a study as a PIL image (the experts classify the current study)."""
-    from libra_cli.images import load_image
-
     image = sample.current
     if callable(image) and not isinstance(image, (str, bytes, bytearray)):
         image = image()
@@ -71,8 +72,6 @@ def check_expert(name: str) -> None:
     if name.lower() == "densenet":
         _check_xrv_weights(_import_xrv())
     else:
-        from libra_cli.checkpoint.hub import hub_folder
-
         hub_folder(MEDSIGLIP_ID if name.lower() == "medsiglip" else name, what="CCD expert")
 
 
@@ -136,8 +135,6 @@ class DenseNetExpert:
 
 def _check_xrv_weights(xrv: Any) -> None:
     """Offline (``HF_HUB_OFFLINE=1``): both weight files must already be in torchxrayvision's cache."""
-    from libra_cli.checkpoint.hub import offline
-
     if not offline():
         return
     folder = os.path.expanduser(os.path.join("~", ".torchxrayvision", "models_data"))
@@ -154,8 +151,6 @@ class ZeroShotExpert:
     def __init__(self, name: str, device: str) -> None:
         from transformers import AutoModel, AutoProcessor
 
-        from libra_cli.checkpoint.hub import hub_folder
-        from libra_cli.console import quiet_transformers
 
         quiet_transformers()
         folder = hub_folder(name, what="CCD expert")

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from libra_cli.checkpoint.load import LoadedModel
+
 Labels = dict[str, float]
 VIEW_LABELS = ("Frontal", "Lateral")
 NO_GUIDANCE = "No clinical guidance based on current findings."
@@ -77,18 +79,18 @@ def bias_vector(scores: Mapping[int, float], gamma: float, vocab_size: int) -> t
     return out
 
 
-def label_pieces(loaded: object) -> Callable[[str], tuple[list[str], list[int]]]:
+def label_pieces(loaded: LoadedModel) -> Callable[[str], tuple[list[str], list[int]]]:
     """``text -> (tokens, ids)`` as the reference's ``tokenizer.tokenize`` (slow tokenizer, no BOS).
 
     SentencePiece models go through the model's slow-exact codec (``LoadedModel.encode``); other
     tokenizers through their own ``tokenize``.
     """
-    tok = loaded.tokenizer  # type: ignore[attr-defined]
+    tok = loaded.tokenizer
     if getattr(loaded, "codec", None) is not None:
         bos = tok.bos_token_id
 
         def spm(text: str) -> tuple[list[str], list[int]]:
-            ids = loaded.encode(text)  # type: ignore[attr-defined]
+            ids = loaded.encode(text)
             if ids and bos is not None and ids[0] == bos:
                 ids = ids[1:]
             return list(tok.convert_ids_to_tokens(ids)), ids

@@ -1,7 +1,7 @@
 """A batch of studies through CCD: labels -> guidance prompt and token bias -> the two-stream decoder.
 
-Called by :func:`libra_cli.generation.generate` (``settings.decoding == "ccd"``), which owns the
-inputs (prompt rendering, image features) and the reports; this module owns everything CCD adds.
+Called by the ``ccd`` engine (:mod:`libra_cli.engines.ccd`), which owns the inputs (prompt
+rendering, image features) and the reports; this module owns everything CCD adds.
 """
 
 from __future__ import annotations
@@ -9,18 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import torch
 
 from libra_cli.ccd.engine import decode, reference_history
 from libra_cli.ccd.labels import Labels, bias_vector, guide_sentence, label_pieces, token_scores
-from libra_cli.ccd.scoring import Mix, StopRule
+from libra_cli.ccd.scoring import StopRule
 from libra_cli.ccd.sources import labels_for
 from libra_cli.ccd.types import Decoded, Study
+from libra_cli.checkpoint.load import LoadedModel
+from libra_cli.requests import GenerationSettings, Prompt, Sample
 
-# render(sample, guide) -> (prompt text, prompt ids with image slots expanded, stop string)
-Render = Callable[[Any, "str | None"], tuple[str, list[int], str]]
+# render(sample, guide) -> the guided prompt (the clinical guidance after the question)
+Render = Callable[[Sample, str], Prompt]
 
 
 @dataclass
@@ -33,34 +34,25 @@ class CCDResult:
     decoded: Decoded
 
 
-def run_ccd(loaded: Any, samples: list[Any], settings: Any, features: torch.Tensor | None, render: Render,
-            eos_ids: list[int], streamer: Any = None) -> list[CCDResult]:
-    """CCD answers for every sample (labels from ``settings.ccd_labels`` or the expert, run once, batched)."""
+def run_ccd(loaded: LoadedModel, samples: list[Sample], prompts: list[Prompt], settings: GenerationSettings,
+            features: torch.Tensor | None, render: Render, eos_ids: list[int], streamer: object = None
+            ) -> list[CCDResult]:
+    """CCD answers for every sample (labels from ``settings.ccd.labels`` or the expert, run once, batched)."""
     model = loaded.model
-    labels = labels_for(samples, settings, str(model.get_input_embeddings().weight.device))
+    labels = labels_for(samples, settings.ccd, str(loaded.input_device))
     pieces = lru_cache(maxsize=None)(label_pieces(loaded))
     vocab = model.get_output_embeddings().weight.shape[0]
     studies, guides, guided_prompts = [], [], []
-    stop = ""
-    for s, labs in zip(samples, labels, strict=True):
-        guide = guide_sentence(labs, settings.ccd_threshold)
-        _, original, stop = render(s, None)
-        guided_text, guided, _ = render(s, guide)
-        history = reference_history(original, loaded.num_image_tokens)
-        studies.append(Study(original, guided, history, bias_vector(token_scores(labs, pieces), settings.ccd_gamma, vocab)))
+    for s, prompt, labs in zip(samples, prompts, labels, strict=True):
+        guide = guide_sentence(labs, settings.ccd.threshold)
+        guided = render(s, guide)
+        history = reference_history(prompt.ids, loaded.num_image_tokens, loaded.image_token_id)
+        studies.append(Study(prompt.ids, guided.ids, history,
+                             bias_vector(token_scores(labs, pieces), settings.ccd.gamma, vocab)))
         guides.append(guide)
-        guided_prompts.append(guided_text)
-    mix = Mix(alpha=settings.ccd_alpha, beta=settings.ccd_beta, ngram=ccd_ngram(settings),
-              repetition_penalty=settings.repetition_penalty, temperature=settings.temperature,
-              top_k=settings.top_k, top_p=settings.top_p)
+        guided_prompts.append(guided.text)
+    stop = prompts[0].stop if prompts else ""
     pad = loaded.tokenizer.pad_token_id
-    decoded = decode(model, studies, features, mix, StopRule(loaded.tokenizer, stop, eos_ids), settings.max_new_tokens,
-                     pad if pad is not None else 0, num_beams=settings.num_beams,
-                     length_penalty=settings.length_penalty, num_return_sequences=settings.num_return_sequences,
-                     streamer=streamer)
+    decoded = decode(model, studies, features, settings, StopRule(loaded.tokenizer, stop, eos_ids),
+                     pad if pad is not None else 0, streamer=streamer)
     return [CCDResult(labs, g, gp, d) for labs, g, gp, d in zip(labels, guides, guided_prompts, decoded, strict=True)]
-
-
-def ccd_ngram(settings: Any) -> int:
-    """CCD always blocks repeated trigrams (the reference's default 3); ``--no-repeat-ngram-size`` changes it."""
-    return 3 if settings.no_repeat_ngram_size is None else int(settings.no_repeat_ngram_size)

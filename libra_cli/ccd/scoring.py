@@ -8,24 +8,19 @@ The arithmetic is the reference's, operation for operation, so greedy picks the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-
-@dataclass
-class Mix:
-    """The CCD numbers and the processors' settings of one run."""
-
-    alpha: float = 0.5
-    beta: float = 0.5
-    ngram: int = 3
-    repetition_penalty: float | None = None
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
+from libra_cli.requests import GenerationSettings
 
 
 class NGramBlocker:
@@ -96,33 +91,26 @@ class NGramBlocker:
 class Scorer:
     """The per-step CCD arithmetic for the active rows; owns the rows' histories."""
 
-    def __init__(self, mix: Mix, bias: torch.Tensor, histories: list[list[int]]) -> None:
-        from transformers import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        self.mix = mix
+    def __init__(self, settings: GenerationSettings, bias: torch.Tensor, histories: list[list[int]]) -> None:
+        self.alpha, self.beta = settings.ccd.alpha, settings.ccd.beta
         self.bias = bias  # [studies, V] float32, on the logits' device
         self.rows = list(range(len(histories)))  # row -> study
         self.histories = [list(h) for h in histories]  # prompt (image -> 0) + answer, per row
-        self.ngram = NGramBlocker(mix.ngram, histories)
-        self.penalty = RepetitionPenaltyLogitsProcessor(mix.repetition_penalty) if mix.repetition_penalty else None
+        self.ngram = NGramBlocker(settings.ngram, histories)
+        penalty = settings.repetition_penalty
+        self.penalty = RepetitionPenaltyLogitsProcessor(penalty) if penalty else None
         warpers: list[Any] = []
-        if mix.temperature and mix.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(mix.temperature))
-        if mix.top_k and mix.top_k > 0:
-            warpers.append(TopKLogitsWarper(mix.top_k))
-        if mix.top_p is not None and mix.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(mix.top_p))
+        if settings.temperature and settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k and settings.top_k > 0:
+            warpers.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p is not None and settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(settings.top_p))
         self.warpers = LogitsProcessorList(warpers)
 
     def _mix(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The soft guide and the expert copy (U:282-300)."""
-        alpha = self.mix.alpha
+        alpha = self.alpha
         lo = F.log_softmax(logits[0::2], dim=-1)
         lc = F.log_softmax(logits[1::2], dim=-1)
         soft = (1 - alpha) * lo + alpha * lc
@@ -136,7 +124,7 @@ class Scorer:
 
     def final(self, logits: torch.Tensor) -> torch.Tensor:
         """Interleaved stream logits ``[2n, V]`` -> the CCD scores ``[n, V]`` the next token is chosen from."""
-        beta = self.mix.beta
+        beta = self.beta
         soft, expert = self._mix(logits)
         soft = self._process(soft)
         if self.warpers:
@@ -148,7 +136,7 @@ class Scorer:
 
         With alpha = beta = 0 this is ordinary beam search with n-gram blocking.
         """
-        beta = self.mix.beta
+        beta = self.beta
         soft, expert = self._mix(logits)
         mixed = (1 - beta) * soft + beta * expert
         return self._process(F.log_softmax(mixed.float(), dim=-1))

@@ -23,8 +23,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from libra_cli.ccd.experts import get_expert, study_image
 from libra_cli.ccd.labels import Labels
 from libra_cli.errors import InputError
+from libra_cli.jsonio import iter_records
+from libra_cli.requests import CCDSettings, Sample
 
 ID_KEYS = ("question_id", "id")
 _cache: dict[tuple[str, int, int], LabelFile] = {}
@@ -101,8 +104,6 @@ def _parse_json(text: str, path: Path) -> tuple[Labels | None, dict[str, Labels]
             qid, labels = _record(data, str(path))
             return None, {qid: labels}
         return _labels(data, str(path)), {}
-    from libra_cli.jsonio import iter_records
-
     by_id: dict[str, Labels] = {}
     for lineno, rec in iter_records(path, "--ccd-labels file", text=text):
         where = f"{path} line {lineno}"
@@ -146,12 +147,10 @@ def _parse_csv(text: str, path: Path) -> tuple[Labels | None, dict[str, Labels]]
     return None, by_id
 
 
-def labels_for(samples: list[Any], settings: Any, device: str | None = None) -> list[Labels]:
-    """The label probabilities of every study: from ``settings.ccd_labels``, else the expert (one batched run)."""
-    if settings.ccd_labels:
-        f = LabelFile.read(settings.ccd_labels)
+def labels_for(samples: list[Sample], ccd: CCDSettings, device: str | None = None) -> list[Labels]:
+    """The label probabilities of every study: from ``ccd.labels``, else the expert (one batched run)."""
+    if ccd.labels:
+        f = LabelFile.read(ccd.labels)
         return [f.for_sample(s) for s in samples]
-    from libra_cli.ccd.experts import get_expert, study_image
-
-    expert = get_expert(settings.ccd_expert, device)
+    expert = get_expert(ccd.expert, device)
     return expert.predict([study_image(s) for s in samples])

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from libra_cli.model.modeling import cache_kwarg
+from libra_cli.prompts import IMAGE_TOKEN_INDEX
 
-IMAGE_TOKEN_INDEX = -200
 
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
+def shared_prefix(a: list[int], b: list[int], image_token: int = IMAGE_TOKEN_INDEX) -> int:
     """Tokens both prompts start with that may share one cache: all image slots inside, one token left each."""
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -27,7 +26,7 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     n = min(n, len(a) - 1, len(b) - 1)
-    slots = [i for i, t in enumerate(a) if t == IMAGE_TOKEN_INDEX]
+    slots = [i for i, t in enumerate(a) if t == image_token]
     if slots and n <= slots[-1]:
         return 0  # the image would straddle the boundary: no sharing for this study
     return max(n, 0)
@@ -57,6 +56,7 @@ class Streams:
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.pos = torch.zeros(0, dtype=torch.long, device=self.device)
         self.cache_kw = cache_kwarg(model)
+        self.image_token = int(model.config.image_token_id)
 
     def _forward(self, embeds: torch.Tensor | None, ids: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, inputs_embeds=embeds, attention_mask=self.mask, position_ids=pos,
@@ -69,14 +69,14 @@ class Streams:
         ``features`` ``[B, P, H]`` fill the image slots of study ``i`` (rows ``2i``, ``2i + 1``).
         """
         model, dev = self.model, self.device
-        shared = [shared_prefix(a, b) for a, b in zip(orig, guided, strict=True)]
+        shared = [shared_prefix(a, b, self.image_token) for a, b in zip(orig, guided, strict=True)]
         n = len(orig)
         with_prefix = [i for i in range(n) if shared[i] > 0]
         if with_prefix:  # phase A: the common prefix, once per study
             ids, mask = _left_pad([orig[i][: shared[i]] for i in range(n)], self.pad_id)
             self.mask = mask.to(dev)
             pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
-            feats = _features(features, [i for i in with_prefix if IMAGE_TOKEN_INDEX in orig[i][: shared[i]]], 1)
+            feats = _features(features, [i for i in with_prefix if self.image_token in orig[i][: shared[i]]], 1)
             self._forward(model.embed_multimodal(ids.to(dev), feats), None, pos)
             self.cache.reorder_cache(torch.arange(n, device=dev).repeat_interleave(2))
             self.mask = self.mask.repeat_interleave(2, dim=0)
@@ -87,7 +87,7 @@ class Streams:
         base = torch.tensor(shared, dtype=torch.long, device=dev).repeat_interleave(2)
         pos = (base[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, mask], dim=1) if self.mask.numel() else mask
-        feats = _features(features, [i for i in range(n) if shared[i] == 0 and IMAGE_TOKEN_INDEX in orig[i]], 2)
+        feats = _features(features, [i for i in range(n) if shared[i] == 0 and self.image_token in orig[i]], 2)
         logits = self._forward(model.embed_multimodal(ids.to(dev), feats), None, pos)
         self.pos = self.mask.sum(-1)
         return logits

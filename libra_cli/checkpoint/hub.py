@@ -1,7 +1,9 @@
-"""Where checkpoints come from: a local folder, or a Hugging Face hub snapshot (cache first).
+"""Where checkpoints and scorer models come from: a local folder, or the Hugging Face hub (cache first).
 
-The only module that talks to the hub for model files; offline (``HF_HUB_OFFLINE=1``) it reads
-the local cache and a missing repo is a one-line error naming the download command.
+The only module that talks to the hub (``huggingface_hub``): snapshots of checkpoints, single files
+of scorer models (``libra eval download``), the cache's contents (``libra doctor``) and uploads
+(``libra push``). Offline (``HF_HUB_OFFLINE=1``) it reads the local cache and a missing repo is a
+one-line error naming the download command. It sits with the inputs (``libra_cli.metrics`` uses it).
 """
 
 from __future__ import annotations
@@ -12,14 +14,71 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from libra_cli.errors import ModelLoadError
+from libra_cli.errors import LibraError, ModelLoadError
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def offline() -> bool:
-    """True when the user asked for the local cache only."""
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    """True when the user asked for the local cache only (``HF_HUB_OFFLINE``, as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    """The Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "huggingface.co")
+
+
+def cached_repos(cache: Path) -> dict[str, int]:
+    """repo id -> bytes on disk of every repository in the cache at ``cache`` (no network)."""
+    from huggingface_hub import scan_cache_dir
+
+    return {repo.repo_id: repo.size_on_disk for repo in scan_cache_dir(cache).repos} if cache.is_dir() else {}
+
+
+def repo_files(repo_id: str, revision: str | None = None, timeout: float = 15) -> tuple[str | None, dict[str, int]]:
+    """(commit, file name -> size) of a hub repository at ``revision`` (one hub call)."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout)
+    return info.sha, {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+
+
+def fetch_file(repo_id: str, name: str, revision: str | None, cache: Path) -> str:
+    """One file of a hub repository into the cache at ``cache`` (the hub's progress bar); its local path."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id, name, revision=revision, cache_dir=str(cache))
+
+
+def upload_folder(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str,
+                  ignore: list[str], token: str | None = None) -> tuple[str, str | None]:
+    """Create ``repo_id`` if needed and upload ``folder``: (repo url, commit). A refused or failed upload is a
+    one-line :class:`LibraError`."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, ignore_patterns=ignore,
+                                 commit_message=message)
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise LibraError(f"the hub refused the upload to {repo_id} ({status}); log in with `hf auth login` "
+                             "or pass a write token (HF_TOKEN)") from exc
+        raise LibraError(f"upload to {repo_id} failed: {str(exc).splitlines()[0]}") from exc
+    except OSError as exc:
+        raise LibraError(f"cannot reach the hub to upload {repo_id} ({exc}); check the network or HF_ENDPOINT") from exc
+    return str(url), getattr(info, "oid", None)
 
 
 def is_hub_id(name: str) -> bool:
@@ -34,10 +93,10 @@ def commit_of(folder: str | Path) -> str | None:
 
 
 def hub_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None, what: str = "model",
-               revision: str | None = None) -> str:
+               revision: str | None = None, progress: bool = True) -> str:
     """A local folder for ``name_or_path``: the folder itself, or a hub snapshot at ``revision`` (cache first).
 
-    Only the files matching ``allow_patterns`` are fetched, with a progress bar on stderr.
+    Only the files matching ``allow_patterns`` are fetched, with a progress bar on stderr (``progress``).
     """
     from libra_cli.paths import ALIASES
 
@@ -57,7 +116,7 @@ def hub_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None
     at = f" at revision {revision}" if revision else ""
     rev = f" --revision {revision}" if revision else ""
     try:
-        with _progress():
+        with _progress(progress):
             return snapshot_download(name, allow_patterns=allow_patterns, revision=revision)
     except RevisionNotFoundError as exc:
         raise ModelLoadError(f"{what} {name!r} has no revision {revision!r}; check the branch, tag or commit") from exc
@@ -75,12 +134,12 @@ def hub_folder(name_or_path: str | Path, allow_patterns: list[str] | None = None
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[None]:
+def _progress(show: bool) -> Iterator[None]:
     """Show the hub's download progress bars (on stderr) while fetching, whatever else silenced them."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     was_disabled = are_progress_bars_disabled()
-    if os.environ.get("LIBRA_QUIET") != "1":
+    if show:
         enable_progress_bars()
     try:
         yield
@@ -89,17 +148,17 @@ def _progress() -> Iterator[None]:
             disable_progress_bars()
 
 
-def checkpoint_folder(name: str | Path, revision: str | None = None, what: str = "model") -> str:
+def checkpoint_folder(name: str | Path, revision: str | None = None, what: str = "model", progress: bool = True) -> str:
     """A checkpoint's folder with only the files it needs (safetensors weights, else the .bin ones)."""
     from libra_cli.checkpoint.files import BIN_WEIGHT_PATTERNS, CHECKPOINT_PATTERNS, WEIGHT_FILES
 
-    folder = hub_folder(name, allow_patterns=CHECKPOINT_PATTERNS, what=what, revision=revision)
+    folder = hub_folder(name, allow_patterns=CHECKPOINT_PATTERNS, what=what, revision=revision, progress=progress)
     f = Path(folder)
     needs_bin = (is_hub_id(str(name)) and not any((f / w).is_file() for w in WEIGHT_FILES)
                  and not (f / "adapter_config.json").is_file() and not any(f.glob("mm_*projector.bin")))
     if needs_bin:  # an older repo with pytorch_model.bin only
         folder = hub_folder(name, allow_patterns=[*CHECKPOINT_PATTERNS, *BIN_WEIGHT_PATTERNS], what=what,
-                            revision=revision)
+                            revision=revision, progress=progress)
     return folder
 
 

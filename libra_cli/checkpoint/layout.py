@@ -9,12 +9,14 @@ folder (``mm_projector.bin`` from stage 1, loaded on a base). The connector's te
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from libra_cli.checkpoint.files import (  # noqa: F401 - re-exported: layout is where callers look
     ADAPTER_CONFIG,
@@ -59,9 +61,6 @@ def damaged(path: str | Path, exc: BaseException) -> ModelLoadError:
 
 def corrupt_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "this weight file is bad" (safetensors' and pickle's own, truncation)."""
-    import pickle
-
-    from safetensors import SafetensorError
 
     return (SafetensorError, pickle.UnpicklingError, EOFError)
 
@@ -132,7 +131,6 @@ def checkpoint_keys(folder: str | Path) -> list[str]:
         if (f / index).is_file():
             return list(json.loads((f / index).read_text())["weight_map"])
     if (f / "model.safetensors").is_file():
-        from safetensors import safe_open
 
         try:
             with safe_open(str(f / "model.safetensors"), "pt") as sf:
@@ -154,7 +152,6 @@ def read_tensors(folder: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     files = sorted(f.glob("*.safetensors"))
     if files:
-        from safetensors import safe_open
 
         for file in files:
             try:

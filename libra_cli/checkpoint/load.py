@@ -1,35 +1,53 @@
 """Loading a Libra checkpoint ready to generate: hub id or folder; full, LoRA (+ base) or projector (+ base).
 
 Weights are loaded once: transformers initialises on the meta device and fills from the files;
-LoRA and projector tensors are applied on top and merged in place. Training builds its model with
-the same :func:`build_lm`, and validation wraps it with :meth:`LoadedModel.from_model`, so every
-path tokenises and decodes with the same codec.
+LoRA and projector tensors are applied on top and merged in place. :func:`assemble` puts the pieces
+together (LM, adapters, encoder, tokenizer) for inference and for training alike, and validation
+wraps the model being trained with :meth:`LoadedModel.from_model`, so every path tokenises and
+decodes with the same codec.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from libra_cli.checkpoint import layout, runtime
+from libra_cli.checkpoint import layout, registry, runtime
 from libra_cli.checkpoint.hub import checkpoint_folder, commit_of
 from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
 from libra_cli.checkpoint.tower import load_vision_tower
-from libra_cli.console import quiet_transformers, warn_once
+from libra_cli.console import quiet_transformers
 from libra_cli.errors import InputError, ModelLoadError
-from libra_cli.images import ImageProcessorConfig
+from libra_cli.images import ImageProcessorConfig, to_pixels
+from libra_cli.model import modeling
+from libra_cli.model.connectors import build_connector, uses_prior
+from libra_cli.model.encoders import VisionTower
+from libra_cli.requests import ModelSpec, Sample
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+EncoderOutputs = tuple[torch.Tensor, "torch.Tensor | None"]  # one sample's encoder outputs: current, prior
 
 
 @dataclass
 class LoadedModel:
-    """A ready-to-generate model with everything needed to build its inputs."""
+    """A Libra LM loaded in this process (transformers), with everything needed to build its inputs.
 
-    model: Any
-    tokenizer: Any
+    The ``Model`` of :mod:`libra_cli.requests` for the in-process engines (``hf``, ``ccd``).
+    ``compile``, ``compile_backend`` and ``shared_prefix`` say how the transformers engine runs the
+    decode loop (speed only: the tokens are the same).
+    """
+
+    model: PreTrainedModel  # a Libra causal LM (libra_cli.model.modeling: LibraMixin + the backbone's class)
+    tokenizer: PreTrainedTokenizerBase
     image_processor: ImageProcessorConfig
     conv_mode: str
     name: str
@@ -39,22 +57,28 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
-    codec: Any = None
-    # greedy/sampling decode with a static KV cache and a torch.compile'd step (``--compile``); speed only
-    compile: bool = False
+    codec: SpmCodec | None = None
+    # the decode loop (ModelSpec's settings): a static KV cache and a torch.compile'd step for greedy/sampling
+    # (--compile, with that backend); beam search sharing the prompt's KV cache across the beams
+    compile: bool = ModelSpec.compile
+    compile_backend: str = ModelSpec.compile_backend
+    shared_prefix: bool = ModelSpec.shared_prefix
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, tokenizer_folder: str | Path, conv_mode: str, *,
-                   image_processor: ImageProcessorConfig | None = None, name: str = "", folder: str = "",
-                   kind: str = "full", dtype: torch.dtype | None = None, load_seconds: float = 0.0,
-                   info: dict[str, Any] | None = None) -> LoadedModel:
-        """Wrap a model in memory (e.g. during training); the original-exact codec is always built."""
+    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokenizer_folder: str | Path,
+                   conv_mode: str, *, image_processor: ImageProcessorConfig | None = None, name: str = "",
+                   folder: str = "", kind: str = "full", dtype: torch.dtype | None = None, load_seconds: float = 0.0,
+                   info: dict[str, Any] | None = None, **options: Any) -> LoadedModel:
+        """Wrap a model in memory (e.g. during training); the original-exact codec is always built.
+
+        ``options``: ``compile``, ``compile_backend``, ``shared_prefix``.
+        """
         emb = model.get_input_embeddings().weight
         proc = image_processor or model.vision_tower.processor
         return cls(model=model, tokenizer=tokenizer, image_processor=proc, conv_mode=conv_mode, name=name or str(folder),
                    folder=str(folder), kind=kind, device=str(emb.device), dtype=dtype or _compute_dtype(model),
                    load_seconds=load_seconds, info=dict(info or {}),
-                   codec=SpmCodec.for_folder(str(tokenizer_folder), tokenizer))
+                   codec=SpmCodec.for_folder(str(tokenizer_folder), tokenizer), **options)
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text, skipping special tokens, as the original (slow, SentencePiece) tokenizer did."""
@@ -69,7 +93,7 @@ class LoadedModel:
         return list(self.tokenizer(text).input_ids)
 
     @property
-    def config(self) -> Any:
+    def config(self) -> PretrainedConfig:
         return self.model.config
 
     @property
@@ -82,19 +106,66 @@ class LoadedModel:
 
     @property
     def uses_prior(self) -> bool:
-        return bool(getattr(self.model.connector, "uses_prior", False))
+        return uses_prior(self.config)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go: the token embeddings' device (the first GPU under ``device_map``)."""
+        return self.model.get_input_embeddings().weight.device
+
+    # -- images: what the in-process engines feed the LM
+    def pixels(self, image: Any) -> np.ndarray:
+        """One image as the encoder takes it: float32 ``[3, H, W]``."""
+        return to_pixels(image, self.image_processor, pad=self.pad_images)
+
+    def pixel_batch(self, samples: list[Sample]) -> torch.Tensor:
+        """``[B, 2, 3, H, W]`` (current, prior; the current again for a dummy prior)."""
+        pix = []
+        for s in samples:
+            cur = self.pixels(s.current)
+            pix.append(np.stack([cur, cur if s.dummy_prior else self.pixels(s.prior)]))
+        return torch.from_numpy(np.stack(pix))
+
+    def encode_images(self, pixels: list[Any]) -> torch.Tensor:
+        """The encoder's output for preprocessed images (``[3, H, W]`` each): ``[N, L, P, D]`` on the model's device.
+
+        Callers that see one image in many samples (``libra batch``) encode it once and pass the
+        result as ``encoder_outputs``.
+        """
+        pix = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixels]))
+        with torch.inference_mode():
+            return self.model.encode_images(pix.to(self.input_device, self.dtype))
+
+    def image_features(self, samples: list[Sample], encoder_outputs: list[EncoderOutputs] | None = None,
+                       image_features: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """LLM-space image features ``[B, P, H]`` of the samples: given, or from per-sample encoder outputs
+        (current, prior or None = dummy prior), or from their pixels (``pixel_values``: :meth:`pixel_batch`'s)."""
+        if image_features is not None:
+            return image_features
+        with torch.inference_mode():
+            if encoder_outputs is None:
+                pix = pixel_values if pixel_values is not None else self.pixel_batch(samples)
+                return self.model.get_image_features(pix.to(self.input_device, self.dtype))
+            if len(encoder_outputs) != len(samples):
+                raise InputError(f"{len(encoder_outputs)} encoder outputs for {len(samples)} samples")
+            cur = torch.stack([c for c, _ in encoder_outputs])
+            prior = torch.stack([c if p is None else p for c, p in encoder_outputs]) if self.uses_prior else None
+            return self.model.connect(cur, prior)
 
 
-def _compute_dtype(model: Any) -> torch.dtype:
+def _compute_dtype(model: PreTrainedModel) -> torch.dtype:
     """The dtype inputs are cast to: the connector's (it is never quantised)."""
     return next(model.connector.parameters()).dtype
 
 
-def read_config(folder: str | Path) -> Any:
+def read_config(folder: str | Path) -> PretrainedConfig:
     """A Libra (or plain backbone) config from ``folder/config.json``; never runs remote code."""
     from transformers import AutoConfig
-
-    from libra_cli.model import modeling  # noqa: F401 - registers the Libra configs with AutoConfig
 
     if not (Path(folder) / "config.json").is_file():
         raise ModelLoadError(f"{folder} has no config.json; is this a Libra checkpoint folder?")
@@ -107,10 +178,9 @@ def read_config(folder: str | Path) -> Any:
         raise ModelLoadError(f"cannot read {folder}/config.json: {exc}") from exc
 
 
-def build_lm(weights_folder: str | Path, config: Any, dtype: torch.dtype, attn: str, **load_kwargs: Any) -> Any:
+def build_lm(weights_folder: str | Path, config: PretrainedConfig, dtype: torch.dtype, attn: str,
+             **load_kwargs: Any) -> PreTrainedModel:
     """The Libra causal LM for ``config`` with the weights of ``weights_folder`` (either connector key layout)."""
-    from libra_cli.model import modeling
-
     if config.model_type not in modeling.BACKBONES:
         raise ModelLoadError(
             f"{weights_folder}: model_type {config.model_type!r} is not a Libra model "
@@ -129,6 +199,51 @@ def build_lm(weights_folder: str | Path, config: Any, dtype: torch.dtype, attn: 
         raise ModelLoadError(f"cannot load weights from {weights_folder}: {exc}") from exc
 
 
+@dataclass
+class Parts:
+    """What :func:`assemble` puts together: the LM with its encoder attached, and the tokenizer."""
+
+    lm: PreTrainedModel
+    tower: VisionTower
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_folder: str  # where the original-exact codec's SentencePiece model is
+
+
+def assemble(folder: str, config: PretrainedConfig, *, dtype: torch.dtype, attn: str, base_folder: str | None = None,
+             vision_tower: str | None = None, lora: bool = False, projector: str | Path | None = None,
+             device: str | None = None, load_kwargs: dict[str, Any] | None = None,
+             tokenizer_kwargs: dict[str, Any] | None = None, progress: bool = True) -> Parts:
+    """The one assembler of a Libra model from files (inference and training both call it).
+
+    The LM gets the weights of ``base_folder or folder``; then the folder's LoRA adapter is merged
+    (``lora``), or a connector file is loaded on top (``projector``); the LM goes to ``device``
+    (unless ``load_kwargs`` map it); the encoder the config names is loaded beside the LM's
+    embeddings (with its trained weights when the checkpoint carries them); the tokenizer is the
+    folder's, else the base's.
+    """
+    weights_folder = base_folder or folder
+    lm = build_lm(weights_folder, config, dtype, attn, **(load_kwargs or {}))
+    if lora:
+        apply_lora(lm, folder)
+    if projector is not None:
+        load_projector(lm, layout.load_bin(projector))
+    if device is not None and "device_map" not in (load_kwargs or {}):
+        lm.to(device)
+    emb_dev = lm.get_input_embeddings().weight.device
+    tower = load_vision_tower(config, checkpoint_dir=folder, override=vision_tower, dtype=dtype, device=emb_dev,
+                              progress=progress)
+    if getattr(config, "unfreeze_mm_vision_tower", False):
+        trained = layout.tower_tensors(weights_folder)
+        if trained:
+            tower.vision_tower.load_state_dict(trained)
+    lm.set_vision_tower(tower)
+    tok_folder = folder if layout.has_tokenizer(folder) else (base_folder or folder)
+    tokenizer = load_tokenizer(tok_folder, **(tokenizer_kwargs or {}))
+    if base_folder and not layout.has_spm_model(tok_folder) and layout.has_spm_model(base_folder):
+        tok_folder = base_folder  # an output that lost tokenizer.model: decode with its base's, like the original
+    return Parts(lm, tower, tokenizer, tok_folder)
+
+
 def load_model(
     model: str,
     model_base: str | None = None,
@@ -141,20 +256,24 @@ def load_model(
     load_8bit: bool = False,
     revision: str | None = None,
     compile: bool = False, jpeg_draft: bool = False,  # noqa: A002 - the flag's name
+    *,
+    compile_backend: str = "inductor",
+    shared_prefix: bool = True,
+    quiet: bool = False,
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder; ``revision``: branch, tag or commit) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
-    ``compile``: static KV cache + compiled decode step; ``jpeg_draft``: reduced-size JPEG decoding (inexact).
+    ``compile``: static KV cache + compiled decode step (``compile_backend``: torch.compile's);
+    ``shared_prefix``: beams share the prompt's KV cache; ``jpeg_draft``: reduced-size JPEG decoding
+    (inexact); ``quiet``: no download progress bars.
     """
     quiet_transformers()
     t0 = time.perf_counter()
     dev = runtime.resolve_device(device)
-    folder = checkpoint_folder(model, revision=revision, what="model")
+    folder = checkpoint_folder(model, revision=revision, what="model", progress=not quiet)
     kind = layout.folder_kind(folder)
     config = read_config(folder)
-    from libra_cli.model import modeling
-
     if config.model_type not in modeling.BACKBONES:
         raise ModelLoadError(
             f"{model}: model_type {config.model_type!r} is not a Libra model "
@@ -162,70 +281,35 @@ def load_model(
         )
     if kind != "full" and not model_base:
         raise InputError(f"{model} is a {kind} folder; pass --model-base with the base model it was trained on")
-    base_folder = checkpoint_folder(model_base, what="base model") if (kind != "full" and model_base) else None
+    base_folder = checkpoint_folder(model_base, what="base model", progress=not quiet) \
+        if (kind != "full" and model_base) else None
     torch_dtype = runtime.resolve_dtype(dtype, dev, config)
     attn_impl = runtime.resolve_attention(attn, dev, torch_dtype)
-    weights_folder = base_folder or folder
     extra: dict[str, Any] = {}
     if load_4bit or load_8bit:
         extra["quantization_config"] = runtime.bnb_config(load_4bit, torch_dtype)
         extra["device_map"] = {"": dev if dev != "cuda" else 0}
-    elif runtime.needs_device_map(dev, runtime.weight_bytes(weights_folder, config, torch_dtype)):
+    elif runtime.needs_device_map(dev, runtime.weight_bytes(base_folder or folder, config, torch_dtype)):
         extra["device_map"] = "auto"
-    lm = build_lm(weights_folder, config, torch_dtype, attn_impl, **extra)
-    if kind == "lora":
-        apply_lora(lm, folder)
-    elif kind == "projector":
-        load_projector(lm, layout.load_bin(layout.projector_file(folder)))
-    if "device_map" not in extra:
-        lm.to(dev)
+    parts = assemble(folder, config, dtype=torch_dtype, attn=attn_impl, base_folder=base_folder,
+                     vision_tower=vision_tower, lora=kind == "lora",
+                     projector=layout.projector_file(folder) if kind == "projector" else None, device=dev,
+                     load_kwargs=extra, progress=not quiet)
+    lm = parts.lm
     lm.eval()
     lm.generation_config.use_cache = True  # published configs say use_cache: false (saved from training)
     lm.config.use_cache = True
-    emb_dev = lm.get_input_embeddings().weight.device
-    tower = load_vision_tower(config, checkpoint_dir=folder, override=vision_tower, dtype=torch_dtype, device=emb_dev)
-    if getattr(config, "unfreeze_mm_vision_tower", False):
-        trained = layout.tower_tensors(weights_folder)
-        if trained:
-            tower.vision_tower.load_state_dict(trained)
-    lm.set_vision_tower(tower)
-
-    tokenizer, tok_folder = _tokenizer(folder, base_folder)
-    conv = _template(model, config, conv_mode)
-    loaded = LoadedModel.from_model(
-        lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
-        dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
-        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name,
-              "revision": revision, "commit": commit_of(folder)})
-    loaded.compile, loaded.image_processor.jpeg_draft = compile, jpeg_draft
-    return loaded
+    conv = registry.conv_mode_for(model, config, conv_mode)
+    return LoadedModel.from_model(
+        lm, parts.tokenizer, parts.tokenizer_folder, conv,
+        image_processor=dataclasses.replace(parts.tower.processor, jpeg_draft=jpeg_draft), name=str(model),
+        folder=folder, kind=kind, dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
+        info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": parts.tower.name,
+              "revision": revision, "commit": commit_of(folder)},
+        compile=compile, compile_backend=compile_backend, shared_prefix=shared_prefix)
 
 
-def _tokenizer(folder: str, base_folder: str | None) -> tuple[Any, str]:
-    """The folder's tokenizer (else its base's), and where the codec's SentencePiece model comes from."""
-    tok_folder = folder if layout.has_tokenizer(folder) else (base_folder or folder)
-    tokenizer = load_tokenizer(tok_folder)
-    if base_folder and not layout.has_spm_model(tok_folder) and layout.has_spm_model(base_folder):
-        tok_folder = base_folder  # an output that lost tokenizer.model: decode with its base's, like the original
-    return tokenizer, tok_folder
-
-
-def _template(model: str, config: Any, conv_mode: str | None) -> str:
-    """The prompt template: the one the model was trained with, or the user's (warned about when it differs)."""
-    from libra_cli import prompts
-    from libra_cli.checkpoint import registry
-
-    chosen = registry.default_conv_mode(model, config)
-    if conv_mode and conv_mode != chosen:
-        prompts.get_template(conv_mode)  # validates the name
-        warn_once(f"conv:{model}:{conv_mode}",
-                  f"--conv-mode {conv_mode} differs from {chosen!r}, the template {model} was trained with")
-    conv = conv_mode or chosen
-    prompts.get_template(conv)
-    return conv
-
-
-def load_projector(lm: Any, state: dict[str, torch.Tensor]) -> None:
+def load_projector(lm: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
     """Load connector weights (``model.mm_projector.*``, either key layout) into ``lm``."""
     sub = layout.connector_state(state)
     if not sub:
@@ -240,8 +324,6 @@ def load_projector(lm: Any, state: dict[str, torch.Tensor]) -> None:
 
 def check_projector_fits(state: dict[str, torch.Tensor], config_dir: Path) -> str:
     """Load ``state`` strictly into a fresh connector built from the config: what a stage-2 start does."""
-    from libra_cli.model.connectors import build_connector
-
     config = read_config(config_dir)
     with torch.device("meta"):
         conn = build_connector(config)
@@ -254,7 +336,7 @@ def check_projector_fits(state: dict[str, torch.Tensor], config_dir: Path) -> st
     return str(getattr(config, "mm_projector_type", "?"))
 
 
-def apply_lora(lm: Any, folder: str | Path) -> None:
+def apply_lora(lm: PreTrainedModel, folder: str | Path) -> None:
     """non_lora_trainables + PEFT adapter, merged into the base weights (the original's LoRA path)."""
     from peft import PeftModel
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from libra_cli.prompts import DEFAULT_QUERY
+from libra_cli.console import warn_once
+from libra_cli.prompts import DEFAULT_QUERY, get_template
 
 MAIRA_QUERY = (
     "Provide a description of the findings in the radiology study in comparison to the prior frontal image. "
@@ -58,6 +60,25 @@ BACKBONE_CONV_MODE = {
 def lookup(model: str) -> KnownModel | None:
     """The registry entry for a hub id (case-insensitive), or ``None``."""
     return KNOWN_MODELS.get(model.strip().rstrip("/").lower())
+
+
+def default_query(model: str) -> str:
+    """The question ``model`` was trained to answer (the registry's, else the findings query)."""
+    known = lookup(model)
+    return known.default_query if known else DEFAULT_QUERY
+
+
+def conv_mode_for(model: str, config: Any, conv_mode: str | None = None) -> str:
+    """The prompt template to run ``model`` with: the one it was trained with, or the user's (validated, and
+    warned about when it differs). Every engine asks here."""
+    chosen = default_conv_mode(model, config)
+    if conv_mode and conv_mode != chosen:
+        get_template(conv_mode)  # validates the name
+        warn_once(f"conv:{model}:{conv_mode}",
+                  f"--conv-mode {conv_mode} differs from {chosen!r}, the template {model} was trained with")
+    conv = conv_mode or chosen
+    get_template(conv)
+    return conv
 
 
 def default_conv_mode(model: str, config: object) -> str:

@@ -13,13 +13,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
+from transformers import AutoTokenizer
+
 from libra_cli.errors import ModelLoadError
 
 
 def load_tokenizer(folder: str | Path, **kwargs: Any) -> Any:
     """``AutoTokenizer`` for ``folder`` (never remote code), with a pad token set."""
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -41,15 +43,11 @@ class SpmCodec:
 
     def __init__(self, model_file: str, tokenizer: Any, legacy: bool, add_prefix_space: bool,
                  add_bos: bool = True, add_eos: bool = False) -> None:
-        import sentencepiece as spm
-
         self.tokenizer = tokenizer
         self.legacy = legacy
         self.add_prefix_space = add_prefix_space
         proto = Path(model_file).read_bytes()
         if not legacy:  # the slow tokenizer disables the dummy prefix and adds its own
-            from sentencepiece import sentencepiece_model_pb2 as pb
-
             m = pb.ModelProto()
             m.ParseFromString(proto)
             m.normalizer_spec.add_dummy_prefix = False

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig
 
 from libra_cli.checkpoint.hub import hub_folder
 from libra_cli.checkpoint.layout import TOWER_PATTERNS, corrupt_errors, damaged
@@ -49,23 +50,22 @@ def resolve_vision_tower_path(name: str, checkpoint_dir: str | Path | None, over
     return name  # hub id
 
 
-def tower_folder(name: str) -> Path:
+def tower_folder(name: str, progress: bool = True) -> Path:
     """A local folder holding the encoder (a hub id is fetched: configs, weights, preprocessor only)."""
-    return Path(hub_folder(name, allow_patterns=TOWER_PATTERNS, what="vision tower"))
+    return Path(hub_folder(name, allow_patterns=TOWER_PATTERNS, what="vision tower", progress=progress))
 
 
 def load_vision_tower(config: Any, checkpoint_dir: str | Path | None = None, override: str | None = None,
-                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> VisionTower:
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                      progress: bool = True) -> VisionTower:
     """Build the encoder named by the Libra config (weights from its own folder or hub repo)."""
-    from transformers import AutoConfig
-
     path = resolve_vision_tower_path(tower_name(config), checkpoint_dir, override)
     select_layer = parse_select_layer(getattr(config, "mm_vision_select_layer", "all"))
     select_feature = getattr(config, "mm_vision_select_feature", "patch") or "patch"
     maira = bool(getattr(config, "use_maira_feature_norm", False))
     if path.startswith("hf-hub:"):
         return _open_clip_tower(path, select_layer, select_feature, dtype, device)
-    folder = tower_folder(path)
+    folder = tower_folder(path, progress)
     vcfg = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     model_cls = vision_model_class(vcfg.model_type)
     if model_cls is None:

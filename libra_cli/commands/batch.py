@@ -13,6 +13,7 @@ from libra_cli.commands.options import (
     Group,
     ModelFlags,
     OutputFlags,
+    shard_gpus,
     with_flags,
 )
 from libra_cli.commands.pacs_flags import DicomwebFlags, ReportFlags
@@ -83,17 +84,14 @@ def batch(
         if not items and not errors:
             raise InputError("the input holds no samples")
     progress = _Progress(err, quiet)
+    options = {}
     if engine == "vllm":
-        from libra_cli.batch.vllm import vllm_batch_runner
-
-        runner = vllm_batch_runner(model.model, settings, bs, workers, model_id, progress.advance, num_shards=n,
-                                   shard=k, vision_tower=model.vision_tower, conv_mode=model.conv_mode,
-                                   dtype=model.dtype, options=eng.vllm_options(settings.seed), quiet=quiet)
+        options["options"] = vllm = eng.vllm_options(settings.seed)
+        shard_gpus(n, k, vllm.gpus_per_model)  # one vLLM instance per shard: data parallelism
     else:
         model.device = b.shard_device(model.device, n, k)
-        loaded = model.load(quiet=quiet)
-        runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb,
-                               model_id=model_id, on_batch=progress.advance)
+    runner = b.BatchRunner(model.load_engine(engine, settings, quiet=quiet, **options), settings, batch_size=bs,
+                           workers=workers, cache_mb=cache_mb, model_id=model_id, on_batch=progress.advance)
     try:
         stats = (job.run if job else b.run_batch)(runner, items, errors, out, num_shards=n, shard=k,
                                                   overwrite=overwrite, on_start=progress.start)

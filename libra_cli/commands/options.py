@@ -3,12 +3,17 @@
 Typer has no option groups, so each group is a dataclass whose fields are its flags
 (``Annotated[..., typer.Option(...)]``). :func:`with_flags` adds a group's fields to a command's
 signature (parsing and ``--help`` stay Typer's own) and hands the command one object per group.
-A new decoding setting is one field in :class:`~libra_cli.generation.GenerationSettings` plus its
-flag in :class:`GenerationFlags` (a test keeps the two in step).
+The groups that mirror settings are generated from them (:func:`flags_for`): a new decoding
+setting is one field in :class:`~libra_cli.requests.GenerationSettings`, and ``--its-name`` exists.
+
+This is also the CLI boundary for the environment: ``LIBRA_MODEL``/``LIBRA_DTYPE``/``LIBRA_DEVICE``
+and the decode-loop knobs are read here (``envvar=``) and passed on as parameters; what third-party
+libraries read from the environment is set here, never below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -16,100 +21,110 @@ import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-MODEL_HELP = "Hub id (e.g. X-iZhang/libra-v1.0-7b) or checkpoint folder (full, LoRA or projector-only)."
-DEFAULT_MODEL = "X-iZhang/libra-v1.0-7b"
+from libra_cli.console import err_console
+from libra_cli.requests import CCD_PANEL, GenerationSettings, ModelSpec
+from libra_cli.vllm_engine.options import VllmOptions
+
+if TYPE_CHECKING:
+    from libra_cli.checkpoint.load import LoadedModel
+    from libra_cli.engines.base import BatchEngine
+
 M, G, OUT, ENG = "Model", "Generation", "Output", "Engine"
-CCD = "Clinical Contrastive Decoding (docs/decoding.md)"
+CCD = CCD_PANEL
 
 
-@dataclass
-class ModelFlags:
-    """Which checkpoint to load and how (``libra_cli.checkpoint.load_model``'s arguments)."""
+# the environment variables the CLI reads for settings (the only place they are read), and settings for developers
+ENVVARS = {"model": "LIBRA_MODEL", "dtype": "LIBRA_DTYPE", "device": "LIBRA_DEVICE",
+           "compile_backend": "LIBRA_COMPILE_BACKEND", "shared_prefix": "LIBRA_SHARED_PREFIX"}
+HIDDEN = ("compile_backend", "shared_prefix")
 
-    model: Annotated[str, typer.Option("--model", "-m", envvar="LIBRA_MODEL", help=MODEL_HELP, rich_help_panel=M)] = DEFAULT_MODEL
-    revision: Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of --model (recorded in outputs).", rich_help_panel=M)] = None
-    model_base: Annotated[str | None, typer.Option("--model-base", help="Base model for LoRA / projector-only folders.", rich_help_panel=M)] = None
-    vision_tower: Annotated[str | None, typer.Option("--vision-tower", help="Override the encoder path or hub id from config.json.", rich_help_panel=M)] = None
-    conv_mode: Annotated[str | None, typer.Option("--conv-mode", help="Prompt template (default: the one the model was trained with).", rich_help_panel=M)] = None
-    dtype: Annotated[str, typer.Option("--dtype", envvar="LIBRA_DTYPE", help="auto | bfloat16 | float16 | float32 (auto: checkpoint dtype on GPU, float32 on CPU).", rich_help_panel=M)] = "auto"
-    device: Annotated[str, typer.Option("--device", envvar="LIBRA_DEVICE", help="auto | cuda | cuda:N | mps | cpu.", rich_help_panel=M)] = "auto"
-    attn: Annotated[str, typer.Option("--attn", help="auto | sdpa | eager | flash_attention_2.", rich_help_panel=M)] = "auto"
-    load_4bit: Annotated[bool, typer.Option("--load-4bit", help="4-bit weights (bitsandbytes extra).", rich_help_panel=M)] = False
-    load_8bit: Annotated[bool, typer.Option("--load-8bit", help="8-bit weights (bitsandbytes extra).", rich_help_panel=M)] = False
-    jpeg_draft: Annotated[bool, typer.Option("--jpeg-draft", help="Decode large JPEGs at 1/2-1/8 scale (faster, NOT pixel-exact: up to a few grey levels).", rich_help_panel=M)] = False
-    compile: Annotated[bool, typer.Option("--compile", help="Greedy/sampling: static KV cache + compiled decode step (CUDA graphs on a GPU; the first batch compiles).", rich_help_panel=M)] = False
+
+def flags_for(settings: type, panel: str, *, extra: tuple[tuple[str, Any, Any], ...] = (), prefix: str = "") -> type:
+    """A flag group generated from a settings dataclass: one option per field that has help text.
+
+    The settings class defines each setting once (name, type, default, help: ``libra_cli.requests.setting``);
+    a nested settings field (``GenerationSettings.ccd``) becomes ``--<field>-<name>`` flags. ``extra``:
+    (name, annotation, default) of flags that are no setting (``--engine``). :data:`ENVVARS` name the
+    environment variables that set a flag's default; :data:`HIDDEN` flags are for developers.
+    """
+    fields: list[tuple[str, Any, Any]] = list(extra)
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        if dataclasses.is_dataclass(f.default_factory):
+            nested = flags_for(f.default_factory, meta.get("panel") or panel, prefix=f"{prefix}{f.name}_")
+            fields += [(g.name, g.type, g.default) for g in dataclasses.fields(nested)]
+            continue
+        flag = f"--{prefix}{f.name}".replace("_", "-")
+        key = f"{prefix}{f.name}"
+        env = {"envvar": ENVVARS[key]} if key in ENVVARS else {}
+        option = typer.Option(*(meta.get("names") or (flag,)), help=meta["help"], hidden=key in HIDDEN,
+                              rich_help_panel=meta.get("panel") or panel, **env, **meta.get("option", {}))
+        fields.append((f"{prefix}{f.name}", Annotated[hints[f.name], option], f.default))
+    return dataclasses.make_dataclass(f"{settings.__name__}Flags",
+                                      [(n, t, dataclasses.field(default=d)) for n, t, d in fields])
+
+
+class ModelFlags(flags_for(ModelSpec, M)):  # type: ignore[misc]
+    """Which checkpoint to load and how: the fields of :class:`~libra_cli.requests.ModelSpec`, as flags."""
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**dataclasses.asdict(self))
 
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def load(self, quiet: bool = False) -> Any:
-        """Load the model behind these flags, with a spinner on stderr."""
+    def load(self, quiet: bool = False) -> LoadedModel:
+        """Load the model behind these flags (transformers, in this process), with a spinner on stderr."""
         from libra_cli.checkpoint.load import load_model
-        from libra_cli.console import err_console
 
+        quiet_third_party()
         if quiet:
-            os.environ["LIBRA_QUIET"] = "1"  # no download progress either
-            return load_model(**self.kwargs())
+            return load_model(**self.kwargs(), quiet=True)  # no download progress either
         with err_console().status(f"loading {self.model} ..."):
             return load_model(**self.kwargs())
 
+    def load_engine(self, engine: str, settings: GenerationSettings, *, quiet: bool = False,
+                    **options: Any) -> BatchEngine:
+        """The model behind these flags on the engine that runs ``settings`` for ``--engine ENGINE`` (the
+        in-process engines, ``hf`` and ``ccd``, run on :meth:`load`'s model)."""
+        from libra_cli.engines.registry import for_model, load, name_for
 
-@dataclass
-class GenerationFlags:
-    """Decoding settings, field for field :class:`~libra_cli.generation.GenerationSettings`."""
+        if name_for(engine, settings) in ("hf", "ccd"):
+            return for_model(self.load(quiet), settings)
+        quiet_third_party()
+        name = {"vllm": "vLLM"}.get(engine, engine)
+        with contextlib.nullcontext() if quiet else err_console().status(f"starting {name} on {self.model} ..."):
+            return load(engine, self.spec(), settings, quiet=quiet, **options)
 
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Maximum tokens to generate.", rich_help_panel=G)] = 512
-    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy / beam search; > 0 samples.", rich_help_panel=G)] = 0.0
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.", rich_help_panel=G)] = None
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k sampling.", rich_help_panel=G)] = None
-    num_beams: Annotated[int, typer.Option("--num-beams", help="Beam width (paper evaluation: 10).", rich_help_panel=G)] = 1
-    length_penalty: Annotated[float, typer.Option("--length-penalty", help="Beam length penalty (paper: 2).", rich_help_panel=G)] = 1.0
-    no_repeat_ngram_size: Annotated[int | None, typer.Option("--no-repeat-ngram-size", help="Default: 3 with beams (as the original), else off.", rich_help_panel=G)] = None
-    num_return_sequences: Annotated[int, typer.Option("--num-return-sequences", help="Candidates to return (with scores).", rich_help_panel=G)] = 1
-    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty", help="Repetition penalty.", rich_help_panel=G)] = None
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.", rich_help_panel=G)] = None
-    decoding: Annotated[str, typer.Option("--decoding", help="standard | ccd (Clinical Contrastive Decoding: expert-guided).", rich_help_panel=CCD)] = "standard"
-    ccd_alpha: Annotated[float, typer.Option("--ccd-alpha", help="Weight of the guided prompt's log-probabilities, 0..1.", rich_help_panel=CCD)] = 0.5
-    ccd_beta: Annotated[float, typer.Option("--ccd-beta", help="Weight of the expert's token bias, 0..1.", rich_help_panel=CCD)] = 0.5
-    ccd_gamma: Annotated[float, typer.Option("--ccd-gamma", help="Token bias clipped at +-log(gamma) (> 0; no clip at <= 1).", rich_help_panel=CCD)] = 10.0
-    ccd_threshold: Annotated[float, typer.Option("--ccd-threshold", help="Labels at or above this probability go into the guidance sentence.", rich_help_panel=CCD)] = 0.5
-    ccd_expert: Annotated[str, typer.Option("--ccd-expert", help="densenet (torchxrayvision) | medsiglip | a CLIP/SigLIP folder or hub id.", rich_help_panel=CCD)] = "densenet"
-    ccd_labels: Annotated[str | None, typer.Option("--ccd-labels", help="Label probabilities per study (JSON/JSONL/CSV) instead of the expert.", rich_help_panel=CCD)] = None
 
-    def settings(self) -> Any:
-        """The validated :class:`~libra_cli.generation.GenerationSettings` (a CCD expert that cannot load fails here)."""
-        from libra_cli.generation import GenerationSettings
+class GenerationFlags(flags_for(GenerationSettings, G)):  # type: ignore[misc]
+    """Decoding settings: the fields of :class:`~libra_cli.requests.GenerationSettings` (CCD's as ``--ccd-*``)."""
 
+    def settings(self) -> GenerationSettings:
+        """The validated settings (a CCD expert that cannot load fails here)."""
         s = GenerationSettings(**dataclasses.asdict(self))
         s.validate()
-        if s.decoding == "ccd" and not s.ccd_labels:
+        if s.decoding == "ccd" and not s.ccd.labels:
             from libra_cli.ccd.experts import check_expert
 
-            check_expert(s.ccd_expert)
+            check_expert(s.ccd.expert)
         return s
 
 
-@dataclass
-class OutputFlags:
-    """How results are shown: machine-readable JSON on stdout, or no progress/summary on stderr."""
-
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUT)] = False
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, spinner or summary on stderr.", rich_help_panel=OUT)] = False
+ENGINE_HELP = ("hf (transformers) | vllm (continuous batching, paged attention, tensor parallel; install: "
+               "scripts/install_vllm.sh, docs/engines.md).")
 
 
-@dataclass
-class EngineFlags:
+class EngineFlags(flags_for(VllmOptions, ENG, extra=((
+        "engine", Annotated[str, typer.Option("--engine", help=ENGINE_HELP, rich_help_panel=ENG)], "hf"),))):  # type: ignore[misc]
     """Which engine generates (transformers, or vLLM: docs/engines.md) and how vLLM spreads over GPUs."""
-
-    engine: Annotated[str, typer.Option("--engine", help="hf (transformers) | vllm (continuous batching, paged attention, tensor parallel; install: scripts/install_vllm.sh, docs/engines.md).", rich_help_panel=ENG)] = "hf"
-    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="vLLM: GPUs one model is split over.", min=1, rich_help_panel=ENG)] = 1
-    pipeline_parallel_size: Annotated[int, typer.Option("--pipeline-parallel-size", help="vLLM: pipeline stages (e.g. one per node, with Ray).", min=1, rich_help_panel=ENG)] = 1
-    gpu_memory_utilization: Annotated[float | None, typer.Option("--gpu-memory-utilization", help="vLLM: fraction of GPU memory for weights + KV cache (default 0.9; on CPU: of RAM, chosen from free memory).", rich_help_panel=ENG)] = None
-    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="vLLM: no torch.compile / CUDA graphs (starts faster, runs slower).", rich_help_panel=ENG)] = False
 
     def check(self) -> str:
         """``hf`` or ``vllm``; vllm must be importable (one-line error with the install command)."""
@@ -120,17 +135,68 @@ class EngineFlags:
         if self.engine == "vllm":
             from libra_cli.vllm_engine.available import require_vllm
 
+            quiet_vllm()
             require_vllm()
         return self.engine
 
-    def vllm_options(self, seed: int | None = None) -> Any:
-        """The :class:`~libra_cli.vllm_engine.engine.VllmOptions` behind these flags."""
-        from libra_cli.vllm_engine.engine import VllmOptions
+    def vllm_options(self, seed: int | None = None) -> VllmOptions:
+        """The :class:`~libra_cli.vllm_engine.options.VllmOptions` behind these flags."""
+        return VllmOptions(**{k: v for k, v in dataclasses.asdict(self).items() if k != "engine"}, seed=seed or 0)
 
-        return VllmOptions(tensor_parallel_size=self.tensor_parallel_size,
-                           pipeline_parallel_size=self.pipeline_parallel_size,
-                           gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
-                           seed=seed or 0)
+
+@dataclass
+class OutputFlags:
+    """How results are shown: machine-readable JSON on stdout, or no progress/summary on stderr."""
+
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUT)] = False
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, spinner or summary on stderr.", rich_help_panel=OUT)] = False
+
+
+# ----------------------------------------------------------------------------- the process's environment
+# What third-party libraries read from the environment is set by the commands, through these; nothing below
+# libra_cli/commands/ writes os.environ (tests/test_architecture.py).
+
+_VLLM_QUIETED = False
+
+
+def quiet_third_party() -> None:
+    """DeepSpeed, when installed, warns on stdout that it fell back to the CPU accelerator unless told."""
+    if os.environ.get("LIBRA_DEBUG") == "1" or "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def quiet_vllm() -> None:
+    """vLLM logs at INFO to stderr; the CLI keeps it to errors (its own progress says what happens) unless
+    ``--debug`` or the user's ``VLLM_LOGGING_LEVEL``. Must run before vLLM is imported."""
+    global _VLLM_QUIETED
+    if "VLLM_LOGGING_LEVEL" not in os.environ and os.environ.get("LIBRA_DEBUG") != "1":
+        os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"
+        _VLLM_QUIETED = True
+
+
+def vllm_server_env() -> dict[str, str]:
+    """The environment for vLLM's API server: its INFO log (routes, requests) unless the user chose a level."""
+    env = dict(os.environ)
+    if _VLLM_QUIETED:
+        env.pop("VLLM_LOGGING_LEVEL", None)
+    return env
+
+
+def shard_gpus(num_shards: int, shard: int, gpus_per_model: int) -> None:
+    """With several shards of a vLLM run on one machine, each shard gets its own GPU(s) (data parallelism):
+    vLLM takes its devices from ``CUDA_VISIBLE_DEVICES`` only."""
+    if num_shards < 2 or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", shard))
+        first = (local * gpus_per_model) % max(torch.cuda.device_count(), 1)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(gpus_per_model))
 
 
 @dataclass(frozen=True)
@@ -193,5 +259,6 @@ def flag_type(group: type, name: str) -> Any:
     return typing.get_type_hints(group, include_extras=True)[name]
 
 
+MODEL_HELP = ModelSpec.__dataclass_fields__["model"].metadata["help"]
 ModelBaseOpt = flag_type(ModelFlags, "model_base")
 VisionTowerOpt = flag_type(ModelFlags, "vision_tower")

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Annotated
 
 import typer
 
 from libra_cli.commands.options import (
-    DEFAULT_MODEL,
     ENG,
     MODEL_HELP,
     EngineFlags,
     GenerationFlags,
     Group,
     ModelFlags,
+    vllm_server_env,
     with_flags,
 )
+from libra_cli.requests import DEFAULT_MODEL, GenerationSettings
 
 # the page's CCD defaults: --decoding and the --ccd-* flags of the generation group
 NOT_CCD = tuple(f.name for f in dataclasses.fields(GenerationFlags) if f.name != "decoding" and not f.name.startswith("ccd_"))
@@ -32,7 +34,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface; mind who can reach it).")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default 7860; with --api 8000).", show_default=False)] = None,
     share: Annotated[bool, typer.Option("--share", help="Also open a public Gradio share link (needs internet).")] = False,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default maximum tokens on the page.", rich_help_panel="Generation")] = 512,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default maximum tokens on the page.", rich_help_panel="Generation")] = GenerationSettings.max_new_tokens,
     max_loaded: Annotated[int, typer.Option("--max-loaded", help="Models kept in memory at once (least recently used is unloaded).")] = 2,
     queue_size: Annotated[int, typer.Option("--queue-size", help="Requests that may wait in the queue; more are turned away.")] = 32,
     preload: Annotated[bool, typer.Option("--preload/--no-preload", help="Load the default model before serving.")] = True,
@@ -57,24 +59,25 @@ def serve(
         from libra_cli.serve.vllm import run_api
 
         run_api((model or [DEFAULT_MODEL])[0], host=host, port=port, dtype=load.dtype, options=eng.vllm_options(),
-                vision_tower=load.vision_tower, conv_mode=load.conv_mode, log=lambda m: typer.echo(m, err=True))
+                vision_tower=load.vision_tower, conv_mode=load.conv_mode, log=lambda m: typer.echo(m, err=True),
+                env=vllm_server_env())
         return
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
     try:
         import gradio  # noqa: F401
     except ImportError as exc:
         raise InputError('libra serve needs gradio: pip install "libra-cli[serve]"') from exc
     from libra_cli.serve.page import serve as run
-    from libra_cli.serve.server import CCDOptions, ModelKey, ServeOptions
+    from libra_cli.serve.server import CCDOptions, ServeOptions
 
     s = ccd.settings()  # checked now: a bad value or a missing expert is a one-line error, not a broken page
-    page_ccd = CCDOptions(s.decoding == "ccd", s.ccd_alpha, s.ccd_beta, s.ccd_gamma, s.ccd_threshold, s.ccd_expert,
-                          s.ccd_labels)
+    page_ccd = CCDOptions(s.decoding == "ccd", s.ccd)
     models = list(model or [])
     if demo:
         models = ["demo", *models]
         if load.device == "auto":
             load.device = "cpu"
-    key = ModelKey(**(load.kwargs() | {"model": ""}))
+    key = dataclasses.replace(load.spec(), model="")
     opts = ServeOptions(models=models, load=key, max_new_tokens=max_new_tokens, max_loaded=max_loaded,
                         queue_size=queue_size, preload=preload, ccd=page_ccd)
     server = None

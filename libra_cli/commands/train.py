@@ -8,12 +8,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from libra_cli.commands.options import OutputFlags, with_flags
 from libra_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from libra_cli.training.recipe import Recipe
 
 train_app = typer.Typer(help="Train Libra: stage 1 align (connector only), stage 2 finetune (LoRA).",
                         no_args_is_help=True)
@@ -63,13 +66,11 @@ def _run(stage: str, f: TrainFlags, show: OutputFlags) -> None:
         overrides["output_dir"] = f.out
     if f.distributed:
         overrides["distributed"] = f.distributed
-    if show.quiet:
-        os.environ["LIBRA_QUIET"] = "1"  # no progress, no log lines (the launcher's processes inherit it)
     if show.quiet or show.as_json:
         overrides["disable_tqdm"] = "true"  # log lines instead of a bar (and none of them with --quiet)
     recipe = load_recipe(f.recipe, stage, overrides)
+    from libra_cli.training.data import prepare_data
     from libra_cli.training.outputs import check_output_dir, resolve_resume
-    from libra_cli.training.trainer import prepare_data
 
     train_records, eval_records = prepare_data(recipe)  # data errors before any model loads
     resume = f.resume_from or f.resume
@@ -84,9 +85,13 @@ def _run(stage: str, f: TrainFlags, show: OutputFlags) -> None:
     if recipe.distributed != "none" and "LOCAL_RANK" not in os.environ:
         _launch(recipe.distributed, f.num_processes)
         return
+    from libra_cli.commands.options import quiet_third_party
+
+    quiet_third_party()  # before transformers' Trainer imports DeepSpeed
+    recipe_precision(recipe)
     from libra_cli.training.trainer import train
 
-    res = train(recipe, stage, resume=ckpt)
+    res = train(recipe, stage, resume=ckpt, quiet=show.quiet)  # launched processes get --quiet on their command line
     if os.environ.get("RANK", "0") != "0":  # one summary (and one output path on stdout) per run, not per process
         return
     if show.as_json:
@@ -102,6 +107,13 @@ def _run(stage: str, f: TrainFlags, show: OutputFlags) -> None:
                   + (f", {res.tokens_per_s:.0f} tokens/s" if res.tokens_per_s else "")
                   + (f"; {res.truncated} samples truncated to model_max_length" if res.truncated else ""))
     typer.echo(res.output_dir)
+
+
+def recipe_precision(recipe: Recipe) -> None:
+    """The recipe decides mixed precision: a launcher's ``ACCELERATE_MIXED_PRECISION`` (e.g. ``mixed_precision: bf16``
+    in a preset) would otherwise silently autocast a float32 recipe, since the Trainer's Accelerator reads it."""
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = recipe.mixed_precision
 
 
 def _launch(preset: str, num_processes: int | None) -> None:

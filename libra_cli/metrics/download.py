@@ -2,7 +2,8 @@
 
 What is already cached is checked locally first (no network). For the rest, one ``model_info``
 call per repository gives the commit and file sizes; files are then fetched at that commit with
-``hf_hub_download`` (its progress bars), so a snapshot is never a mix of two revisions. RadGraph
+``hf_hub_download`` (its progress bars), so a snapshot is never a mix of two revisions; every hub call
+goes through ``libra_cli.checkpoint.hub``. RadGraph
 archives name their BERT backbone inside ``config.json``; that repository is fetched as well.
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libra_cli.checkpoint.hub import fetch_file, offline, repo_files
 from libra_cli.errors import InputError
 from libra_cli.metrics.models import SCORER_MODELS, HubRepo, hub_cache_dir, radgraph_backbone, snapshot
 from libra_cli.metrics.registry import parse_metrics, scorer_model_keys
@@ -51,10 +52,6 @@ def models_for(suite: str | None, metrics: str | None, models: list[str] | None,
     return list(dict.fromkeys(keys))
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
-
-
 def local_plan(keys: list[str], cache_dir: Path | None = None) -> list[RepoPlan]:
     """Which repositories of ``keys`` are cached (no network)."""
     cache = cache_dir or hub_cache_dir()
@@ -71,15 +68,11 @@ def local_plan(keys: list[str], cache_dir: Path | None = None) -> list[RepoPlan]
 
 def _remote(plan: RepoPlan) -> None:
     """Fill ``plan`` with the commit and the matching files' sizes (one hub call)."""
-    from huggingface_hub import HfApi
-
     try:
-        info = HfApi().model_info(plan.repo.repo_id, revision=plan.repo.revision, files_metadata=True, timeout=15)
+        plan.commit, names = repo_files(plan.repo.repo_id, revision=plan.repo.revision)
     except Exception as exc:  # noqa: BLE001 - connection, auth, missing repo: all end the same way
         raise InputError(f"cannot get {plan.repo.repo_id} from the Hugging Face hub ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]}); check the network, or copy a hub cache that has it") from None
-    plan.commit = info.sha
-    names = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     chosen: list[tuple[str, int]] = []
     for pattern in plan.repo.patterns:
         for name in sorted(names):
@@ -107,12 +100,10 @@ def _backbone_repo(archive: Path) -> HubRepo | None:
 
 def download(keys: list[str], cache_dir: Path | None = None, console: Any = None) -> list[RepoPlan]:
     """Fetch what is missing; returns every repository's plan (cached ones included)."""
-    from huggingface_hub import hf_hub_download
-
     cache = cache_dir or hub_cache_dir()
     plans = local_plan(keys, cache)
     missing = [p for p in plans if not p.cached]
-    if missing and _offline():
+    if missing and offline():
         raise InputError("HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it on a machine with network "
                          f"({len(missing)} repositories missing: {', '.join(p.repo.repo_id for p in missing)})")
     i = 0
@@ -125,7 +116,7 @@ def download(keys: list[str], cache_dir: Path | None = None, console: Any = None
                 console.print(f"{plan.repo.repo_id} @ {plan.commit[:10] if plan.commit else '?'}: "
                               f"{len(plan.files)} files, {plan.bytes / 1e6:,.1f} MB")
             for name, _ in plan.files:
-                hf_hub_download(plan.repo.repo_id, name, revision=plan.commit, cache_dir=str(cache))
+                fetch_file(plan.repo.repo_id, name, plan.commit, cache)
             if not plan.files:
                 raise InputError(f"{plan.repo.repo_id} has none of the files libra needs ({', '.join(plan.repo.patterns)})")
         radgraph_type = SCORER_MODELS[plan.model].radgraph_type
@@ -137,7 +128,7 @@ def download(keys: list[str], cache_dir: Path | None = None, console: Any = None
                     _, commit = snapshot(backbone, cache)
                     plans.append(RepoPlan(plan.model, backbone, True, commit))
                 except FileNotFoundError:
-                    if _offline():
+                    if offline():
                         raise InputError(f"HF_HUB_OFFLINE is set and RadGraph's backbone {backbone.repo_id} is not "
                                          "cached; unset it on a machine with network") from None
                     plans.append(RepoPlan(plan.model, backbone, False))

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libra_cli.checkpoint.hub import cache_dir as hub_cache_dir
 from libra_cli.errors import InputError
 
 
@@ -86,14 +87,6 @@ SCORER_MODELS: dict[str, ScorerModel] = {
         ),
     )
 }
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def libra_cache_dir() -> Path:

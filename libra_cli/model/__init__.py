@@ -2,10 +2,8 @@
 
 from libra_cli.model.modeling import (
     BACKBONES,
-    IGNORE_INDEX,
-    IMAGE_TOKEN_INDEX,
     LibraMixin,
     register_auto_classes,
 )
 
-__all__ = ["BACKBONES", "IGNORE_INDEX", "IMAGE_TOKEN_INDEX", "LibraMixin", "register_auto_classes"]
+__all__ = ["BACKBONES", "LibraMixin", "register_auto_classes"]

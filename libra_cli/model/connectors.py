@@ -36,8 +36,6 @@ class SqueezeExcitation(nn.Module):
 class TAC(nn.Module):
     """Temporal Alignment Connector: fuses current and prior image features into LLM tokens."""
 
-    uses_prior = True
-
     def __init__(self, mm_hidden_size: int, hidden_size: int, num_heads: int, dropout: float = 0.1) -> None:
         super().__init__()
         d, h = mm_hidden_size, hidden_size
@@ -90,8 +88,6 @@ class TAC(nn.Module):
 class Projector(nn.Module):
     """``linear`` / ``mlp{N}x_gelu``: current image only. Keys ``projector.N.*`` as in the Libra code."""
 
-    uses_prior = False
-
     def __init__(self, mm_hidden_size: int, hidden_size: int, depth: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(mm_hidden_size, hidden_size)]
@@ -105,6 +101,14 @@ class Projector(nn.Module):
 
 
 _MLP_RE = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+PRIOR_CONNECTORS = frozenset({"TAC"})  # connectors that compare the current image with the prior
+
+
+def uses_prior(config: Any) -> bool:
+    """Whether the connector a config names takes the prior image (the one place every engine asks)."""
+    return str(getattr(config, "mm_projector_type", "") or "") in PRIOR_CONNECTORS
 
 
 def build_connector(config: Any) -> nn.Module:

@@ -5,7 +5,8 @@ usual ones) plus a connector at ``model.mm_projector`` and an encoder at ``model
 (not saved, as in the original, unless ``unfreeze_mm_vision_tower``).
 
 Images enter the LLM the way transformers' LLaVA does it today: the prompt carries one
-placeholder id (``IMAGE_TOKEN_INDEX``, -200 as in the original) per image-feature vector, and the
+placeholder id (``config.image_token_id``, as transformers' LLaVA keeps it; -200 as in the original) per
+image-feature vector, and the
 features are ``masked_scatter``-ed into the token embeddings. That is numerically identical to the
 original's splice (same vectors at the same positions), works with left padding, and plugs into
 ``generate`` (KV cache, beam search) without a custom decoding loop.
@@ -35,10 +36,8 @@ from transformers import (
 )
 
 from libra_cli.errors import InputError
-from libra_cli.model.connectors import build_connector
-
-IMAGE_TOKEN_INDEX = -200
-IGNORE_INDEX = -100
+from libra_cli.model.connectors import build_connector, uses_prior
+from libra_cli.prompts import IMAGE_TOKEN_INDEX
 
 
 class LibraMixin:
@@ -81,7 +80,7 @@ class LibraMixin:
             raise InputError(f"pixel_values must be [B, 2, 3, H, W] (current, prior), got {tuple(pixel_values.shape)}")
         cur = self.encode_images(pixel_values[:, 0])
         prior = None
-        if getattr(self.connector, "uses_prior", False):
+        if uses_prior(self.config):
             prior = self.encode_images(pixel_values[:, -1]) if pixel_values.shape[1] == 2 else cur
         return self.connect(cur, prior)
 
@@ -89,7 +88,7 @@ class LibraMixin:
         self, input_ids: torch.Tensor, image_features: torch.Tensor | None
     ) -> torch.Tensor:
         """Token embeddings with image features scattered over the placeholder positions."""
-        mask = input_ids == IMAGE_TOKEN_INDEX
+        mask = input_ids == self.config.image_token_id
         embeds = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
         n_slots = int(mask.sum())
         if image_features is None:
@@ -127,7 +126,7 @@ class LibraMixin:
             # transformers 5.0-5.15's Phi-3 generation passes None, which its forward turns into a new axis
             kwargs["logits_to_keep"] = 0
         if inputs_embeds is None and input_ids is not None and (
-            pixel_values is not None or image_features is not None or _has_placeholders(input_ids)
+            pixel_values is not None or image_features is not None or self._has_placeholders(input_ids)
         ):
             if image_features is None and pixel_values is not None:
                 image_features = self.get_image_features(pixel_values)
@@ -159,11 +158,18 @@ class LibraMixin:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         prefilled = cache is not None and cache.get_seq_length() > 0
         if input_ids is not None and not prefilled and (pixel_values is not None or image_features is not None
-                                                        or _has_placeholders(input_ids)):
+                                                        or self._has_placeholders(input_ids)):
             if image_features is None and pixel_values is not None:
                 image_features = self.get_image_features(pixel_values)
             kwargs["inputs_embeds"] = self.embed_multimodal(input_ids, image_features)
         return super().generate(input_ids=input_ids, **kwargs)
+
+    def _has_placeholders(self, input_ids: torch.Tensor) -> bool:
+        """Whether ids hold image placeholders. Decode steps (one new token per row) never do: they skip the
+        check, which would copy a flag to the host every step and break a compiled decode graph in two."""
+        if input_ids.shape[-1] <= 1 or torch.compiler.is_compiling():
+            return False
+        return bool((input_ids == self.config.image_token_id).any())
 
     # --------------------------------------------------------------- saving
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
@@ -171,14 +177,6 @@ class LibraMixin:
         if "state_dict" not in kwargs and not getattr(self.config, "unfreeze_mm_vision_tower", False):
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith("model.vision_tower.")}
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-
-def _has_placeholders(input_ids: torch.Tensor) -> bool:
-    """Whether ids hold image placeholders. Decode steps (one new token per row) never do: they skip the
-    check, which would copy a flag to the host every step and break a compiled decode graph in two."""
-    if input_ids.shape[-1] <= 1 or torch.compiler.is_compiling():
-        return False
-    return bool((input_ids == IMAGE_TOKEN_INDEX).any())
 
 
 def cache_kwarg(model: Any) -> str:
@@ -193,27 +191,34 @@ def cache_kwarg(model: Any) -> str:
 # ------------------------------------------------------------------ per-backbone classes
 
 
-class LibraConfig(LlamaConfig):
+class ImageToken:
+    """Config defaults every Libra config adds to its backbone's (class attributes: not written to config.json
+    unless a checkpoint sets them)."""
+
+    image_token_id = IMAGE_TOKEN_INDEX  # the prompt's image placeholder id, as transformers' LLaVA configs keep it
+
+
+class LibraConfig(ImageToken, LlamaConfig):
     model_type = "libra"
 
 
-class LibraMistralConfig(MistralConfig):
+class LibraMistralConfig(ImageToken, MistralConfig):
     model_type = "libra_mistral"
 
 
-class LibraPhi3Config(Phi3Config):
+class LibraPhi3Config(ImageToken, Phi3Config):
     model_type = "libra_phi3"
 
 
-class LibraGemmaConfig(GemmaConfig):
+class LibraGemmaConfig(ImageToken, GemmaConfig):
     model_type = "libra_gemma"
 
 
-class LibraQwen2Config(Qwen2Config):
+class LibraQwen2Config(ImageToken, Qwen2Config):
     model_type = "libra_qwen2"
 
 
-class LibraQwen3Config(Qwen3Config):
+class LibraQwen3Config(ImageToken, Qwen3Config):
     model_type = "libra_qwen3"
 
 

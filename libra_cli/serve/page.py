@@ -14,6 +14,7 @@ from typing import Any
 
 from libra_cli.errors import LibraError
 from libra_cli.paths import EXAMPLES as EXAMPLES_DIR
+from libra_cli.requests import CCDSettings
 from libra_cli.serve.server import (
     DECODING_MODES,
     DUMMY_PRIOR_NOTICE,
@@ -99,8 +100,9 @@ def build_app(server: Server) -> Any:
         try:
             s = decoding_settings(mode, int(max_new), float(temperature), float(top_p), int(top_k), int(beams),
                                   float(length_penalty), None if seed is None else int(seed))
-            labels = file_path(labels_f) or opts.ccd.labels
-            s = with_ccd(s, CCDOptions(bool(ccd_on), alpha, beta, gamma, threshold, EXPERTS.get(expert, expert), labels))
+            labels = file_path(labels_f) or opts.ccd.settings.labels
+            s = with_ccd(s, CCDOptions(bool(ccd_on), CCDSettings(float(alpha), float(beta), float(gamma), float(threshold),
+                                                                 EXPERTS.get(expert, expert), labels)))
         except LibraError as exc:
             yield "", _error_html(str(exc)), hidden, baseline_box, hidden, hidden
             return
@@ -181,12 +183,13 @@ def build_app(server: Server) -> Any:
     return demo
 
 
-def _ccd_controls(gr: Any, ccd: CCDOptions) -> list[Any]:
+def _ccd_controls(gr: Any, options: CCDOptions) -> list[Any]:
     """The CCD toggle and sliders (the reference demo's ranges), in ``generate``'s argument order."""
+    ccd = options.settings
     experts = list(EXPERTS) + ([ccd.expert] if ccd.expert not in EXPERTS.values() else [])
     expert = next((k for k, v in EXPERTS.items() if v == ccd.expert), ccd.expert)
-    with gr.Accordion("Clinical Contrastive Decoding (CCD)", open=ccd.enabled, elem_id="ccd"):
-        on = gr.Checkbox(value=ccd.enabled, label="Use CCD: an expert classifier steers the draft", elem_id="ccd-on")
+    with gr.Accordion("Clinical Contrastive Decoding (CCD)", open=options.enabled, elem_id="ccd"):
+        on = gr.Checkbox(value=options.enabled, label="Use CCD: an expert classifier steers the draft", elem_id="ccd-on")
         choice = gr.Radio(experts, value=expert, label="Expert model", elem_id="ccd-expert")
         with gr.Row():
             alpha = gr.Slider(0.0, 1.0, value=ccd.alpha, step=0.1, label="Alpha (guided prompt)", elem_id="ccd-alpha")
@@ -197,7 +200,7 @@ def _ccd_controls(gr: Any, ccd: CCDOptions) -> list[Any]:
         default = f"; default {os.path.basename(ccd.labels)} from --ccd-labels" if ccd.labels else ""
         labels = gr.File(label=f"Label probabilities (optional JSON/CSV: replaces the expert{default})",
                          elem_id="ccd-labels", height=110)
-        compare = gr.Checkbox(value=ccd.compare, label="Compare with baseline (standard decoding)", elem_id="ccd-compare")
+        compare = gr.Checkbox(value=options.compare, label="Compare with baseline (standard decoding)", elem_id="ccd-compare")
     return [on, choice, alpha, beta, gamma, threshold, labels, compare]
 
 
@@ -205,10 +208,9 @@ def serve(options: ServeOptions, host: str = "127.0.0.1", port: int = 7860, shar
           block: bool = True, log: Callable[[str], None] = print, server: Server | None = None) -> Any:
     """Build the page and launch it (preloading the default model so the first request is quick).
 
-    ``server``: another request handler (``libra serve --api-url``: :class:`libra_cli.serve.vllm.ApiServer`).
+    ``server``: a request handler made elsewhere (``libra serve --api-url``: one on a remote Libra server).
     """
     check_port(host, port)  # before minutes of model loading, not after
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     server = server or Server(options)
     if options.preload:
         t0 = time.perf_counter()

@@ -6,20 +6,30 @@ only wires it to Gradio components.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 import socket
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from libra_cli.atomic import write_text_atomic
+from libra_cli.checkpoint.registry import KNOWN_MODELS
+from libra_cli.engines.base import Engine
+from libra_cli.engines.registry import for_model
 from libra_cli.errors import InputError, LibraError, explain
-from libra_cli.streaming import QueueStreamer
+from libra_cli.images import load_image
+from libra_cli.requests import CCDSettings, GenerationSettings, ImageFile, ModelSpec, Report, Sample
+from libra_cli.streaming import TextQueue
+
+if TYPE_CHECKING:
+    from libra_cli.checkpoint.load import LoadedModel
+    from libra_cli.engines.remote import RemoteModels
 
 RESEARCH_NOTICE = "Research use only — not for clinical decisions. Drafts can be wrong; a radiologist must review every finding."
 DUMMY_PRIOR_NOTICE = (
@@ -34,51 +44,30 @@ PREVIEW_SIDE = 512
 # ----------------------------------------------------------------------------- model cache
 
 
-@dataclass(frozen=True)
-class ModelKey:
-    """Everything that changes what ``load_model`` returns: one cache entry per distinct key."""
-
-    model: str
-    model_base: str | None = None
-    vision_tower: str | None = None
-    conv_mode: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    attn: str = "auto"
-    load_4bit: bool = False
-    load_8bit: bool = False
-    compile: bool = False
-    jpeg_draft: bool = False
-    revision: str | None = None
-
-    def with_model(self, model: str, revision: str | None = None) -> ModelKey:
-        return dataclasses.replace(self, model=model, revision=revision)
-
-
 class ModelCache:
-    """Loaded models keyed by model + load options, loaded once, least recently used evicted.
+    """Loaded models keyed by model + load options (a :class:`ModelSpec`), loaded once, least recently used evicted.
 
     Each entry carries a lock: one generation per model at a time, so concurrent users queue
     instead of racing on the same weights (and on GPU memory).
     """
 
-    def __init__(self, capacity: int = 2, loader: Callable[..., Any] | None = None) -> None:
+    def __init__(self, capacity: int = 2, loader: Callable[[ModelSpec], Any] | None = None) -> None:
         if capacity < 1:
             raise InputError("--max-loaded must be at least 1")
         self.capacity = capacity
         self._loader = loader
-        self._entries: OrderedDict[ModelKey, tuple[Any, threading.Lock]] = OrderedDict()
+        self._entries: OrderedDict[ModelSpec, tuple[Any, threading.Lock]] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
 
-    def _load(self, key: ModelKey) -> Any:
+    def _load(self, key: ModelSpec) -> LoadedModel:
         if self._loader is not None:
             return self._loader(key)
         from libra_cli.checkpoint.load import load_model
 
-        return load_model(**dataclasses.asdict(key))
+        return load_model(**key.load_kwargs())
 
-    def get(self, key: ModelKey) -> tuple[Any, threading.Lock]:
+    def get(self, key: ModelSpec) -> tuple[Any, threading.Lock]:
         """The loaded model for ``key`` and its generation lock (loads it on first use)."""
         with self._lock:  # one load at a time: two users asking for a 7B model must not load it twice
             if key in self._entries:
@@ -118,10 +107,8 @@ def _free_memory() -> None:
 
 
 def decoding_settings(mode: str, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                      num_beams: int, length_penalty: float, seed: int | None) -> Any:
+                      num_beams: int, length_penalty: float, seed: int | None) -> GenerationSettings:
     """GenerationSettings for the page's decoding controls (validated)."""
-    from libra_cli.generation import GenerationSettings
-
     if mode not in DECODING_MODES:
         raise InputError(f"unknown decoding mode {mode!r}; choose one of {', '.join(DECODING_MODES)}")
     s = GenerationSettings(max_new_tokens=int(max_new_tokens))
@@ -141,25 +128,19 @@ def decoding_settings(mode: str, max_new_tokens: int, temperature: float, top_p:
 
 @dataclass
 class CCDOptions:
-    """The page's Clinical Contrastive Decoding controls (defaults from ``libra serve --decoding ccd --ccd-*``)."""
+    """The page's Clinical Contrastive Decoding controls: on or off, the settings (defaults from ``libra serve
+    --decoding ccd --ccd-*``), and whether to also show the standard-decoding baseline."""
 
     enabled: bool = False
-    alpha: float = 0.5
-    beta: float = 0.5
-    gamma: float = 10.0
-    threshold: float = 0.5
-    expert: str = "densenet"
-    labels: str | None = None
+    settings: CCDSettings = field(default_factory=CCDSettings)
     compare: bool = False
 
 
-def with_ccd(settings: Any, ccd: CCDOptions) -> Any:
-    """``settings`` switched to CCD with the page's sliders (validated); unchanged when CCD is off."""
+def with_ccd(settings: GenerationSettings, ccd: CCDOptions) -> GenerationSettings:
+    """``settings`` switched to CCD with the page's controls (validated); unchanged when CCD is off."""
     if not ccd.enabled:
         return settings
-    s = replace(settings, decoding="ccd", ccd_alpha=float(ccd.alpha), ccd_beta=float(ccd.beta),
-                ccd_gamma=float(ccd.gamma), ccd_threshold=float(ccd.threshold), ccd_expert=ccd.expert,
-                ccd_labels=ccd.labels or None)
+    s = replace(settings, decoding="ccd", ccd=ccd.settings)
     s.validate()
     return s
 
@@ -185,8 +166,8 @@ class ServeOptions:
     """What ``libra serve`` was started with."""
 
     models: list[str] = field(default_factory=list)
-    load: ModelKey = field(default_factory=lambda: ModelKey(""))
-    max_new_tokens: int = 512
+    load: ModelSpec = field(default_factory=lambda: ModelSpec(""))
+    max_new_tokens: int = GenerationSettings.max_new_tokens
     max_loaded: int = 2
     queue_size: int = 32
     preload: bool = True
@@ -195,8 +176,6 @@ class ServeOptions:
 
 def model_choices(models: list[str]) -> list[str]:
     """The ``--model`` paths first (in order), then every published checkpoint of the registry."""
-    from libra_cli.checkpoint.registry import KNOWN_MODELS
-
     out: list[str] = []
     for m in [*models, *(k.hub_id for k in KNOWN_MODELS.values())]:
         if m and m not in out:
@@ -216,12 +195,19 @@ def file_path(f: Any) -> str | None:
 
 
 class Server:
-    """Request handling for the page (Gradio-free)."""
+    """Request handling for the page (Gradio-free), on any engine.
 
-    def __init__(self, options: ServeOptions, cache: ModelCache | None = None) -> None:
+    Models load into this process (:class:`ModelCache`; each request runs on the in-process engine
+    its settings name: ``hf``, or ``ccd``), or live in an OpenAI-compatible Libra server
+    (``remote``: ``libra serve --api-url``, the ``openai`` engine).
+    """
+
+    def __init__(self, options: ServeOptions, cache: ModelCache | None = None,
+                 remote: RemoteModels | None = None) -> None:
         self.options = options
+        self.remote = remote
         self.cache = cache or ModelCache(options.max_loaded)
-        self.choices = model_choices(options.models)
+        self.choices = list(remote.models) if remote is not None else model_choices(options.models)
         self.default_model = self.choices[0]
         self.downloads = Path(tempfile.mkdtemp(prefix="libra-serve-"))
 
@@ -230,8 +216,6 @@ class Server:
     @staticmethod
     def check_image(f: Any, what: str) -> tuple[Any, str | None]:
         """(preview image, error message) for an uploaded file; a bad file gives an error, not a crash."""
-        from libra_cli.images import load_image
-
         path = file_path(f)
         if path is None:
             return None, None
@@ -247,65 +231,58 @@ class Server:
 
     # -- generation --------------------------------------------------------------------------
 
-    def key(self, model: str | None) -> ModelKey:
+    def key(self, model: str | None) -> ModelSpec:
         """The cache key for a model on the page; ``--revision`` pins only the model it was given with."""
         name = (model or self.default_model).strip()
         pinned = self.options.models[:1] == [name]
         return self.options.load.with_model(name, self.options.load.revision if pinned else None)
 
     def preload(self) -> None:
-        self.cache.get(self.key(None))
+        if self.remote is None:  # a remote server has its model loaded already
+            self.cache.get(self.key(None))
+
+    def _status(self, name: str) -> str:
+        if self.remote is not None:
+            return f"generating on {self.remote.api_url} …"
+        return f"loading {name} …" if self.key(name) not in self.cache else "waiting in queue …"
+
+    def _engine(self, name: str) -> tuple[Callable[[GenerationSettings], Engine], Any]:
+        """(engine for settings, the lock a generation holds) for the model called ``name``."""
+        if self.remote is not None:
+            engine = self.remote.engine(name)
+            return (lambda settings: engine), contextlib.nullcontext()
+        loaded, lock = self.cache.get(self.key(name))
+        return (lambda settings: for_model(loaded, settings)), lock
 
     def run(self, model: str | None, current: Any, prior: Any, prompt: str | None, context: str | None,
-            settings: Any, compare: bool = False) -> Iterator[Update]:
+            settings: GenerationSettings, compare: bool = False) -> Iterator[Update]:
         """Generate one report, yielding the text as it grows; errors end in an ``Update`` with ``error``.
 
         ``compare`` (CCD only): then also the standard-decoding report of the same request, as the
         reference demo's "compare with baseline".
         """
-        from libra_cli.generation import generate_report
-        from libra_cli.images import load_image
-
         name = (model or self.default_model).strip()
         try:
             cur_path, prior_path = file_path(current), file_path(prior)
             if cur_path is None:
                 raise InputError("no current X-ray: upload the current study (or load the example pair) first")
-            cur_img = load_named(load_image, cur_path, "current")
-            prior_img = load_named(load_image, prior_path, "prior") if prior_path else None
-            yield Update(status=f"loading {name} …" if self.key(name) not in self.cache else "waiting in queue …",
-                         model=name)
-            loaded, lock = self.cache.get(self.key(name))
+            cur_img = ImageFile(cur_path, load_named(load_image, cur_path, "current"))
+            prior_img = ImageFile(prior_path, load_named(load_image, prior_path, "prior")) if prior_path else None
             query = prompt.strip() if prompt and prompt.strip() else None
             ctx = context.strip() if context and context.strip() else None
-            stream = settings.num_beams == 1 and settings.num_return_sequences == 1
+            sample = Sample(cur_img, prior_img, query, ctx)
+            yield Update(status=self._status(name), model=name)
+            engine_for, lock = self._engine(name)
+            engine = engine_for(settings)
+            engine.check(settings)
             with lock:
                 yield Update(status="generating …", model=name)
-                if not stream:
-                    report = generate_report(loaded, cur_img, prior_img, query, ctx, settings)
-                else:
-                    streamer = QueueStreamer(loaded)
-                    box: dict[str, Any] = {}
-
-                    def work() -> None:
-                        try:
-                            box["report"] = generate_report(loaded, cur_img, prior_img, query, ctx, settings,
-                                                            streamer=streamer)
-                        except BaseException as exc:  # noqa: BLE001 - handed to the request thread
-                            streamer.fail(exc)
-                        else:
-                            streamer.end()
-
-                    worker = threading.Thread(target=work, name="libra-generate", daemon=True)
-                    worker.start()
-                    for text in streamer:
-                        yield Update(text=text, status="generating …", model=name)
-                    worker.join()
-                    report = box["report"]
+                report = yield from self._generate(engine, sample, settings, name)
                 baseline = None
                 if compare and settings.decoding == "ccd":
                     yield Update(text=report.text, status="generating the baseline (standard decoding) …", model=name)
-                    baseline = generate_report(loaded, cur_img, prior_img, query, ctx, replace(settings, decoding="standard"))
+                    standard = replace(settings, decoding="standard")
+                    baseline = engine_for(standard).generate([sample], standard)[0]
         except LibraError as exc:
             yield Update(error=str(exc), status="error", model=name, done=True)
             return
@@ -313,17 +290,43 @@ class Server:
             yield Update(error=(explain(exc) or (f"internal error: {type(exc).__name__}: {exc}",))[0],
                          status="error", model=name, done=True)
             return
-        path = self._write_download(report, name, loaded, cur_path, prior_path, ctx)
-        fhir, sr = _records(self.downloads, report.text, cur_path, prior_path, name, loaded.info.get("revision"))
+        path = self._write_download(report, name, engine.conv_mode, cur_path, prior_path, ctx)
+        revision = None if self.remote is not None else self.key(name).revision
+        fhir, sr = _records(self.downloads, report.text, cur_path, prior_path, name, revision)
         t = report.timings
-        status = (f"{int(t['new_tokens'])} tokens in {t['generate_s']:.1f} s · model {name} · "
+        where = f" (vLLM at {self.remote.api_url})" if self.remote is not None else ""
+        status = (f"{int(t['new_tokens'])} tokens in {t['generate_s']:.1f} s · model {name}{where} · "
                   f"prior: {'dummy (copy of current)' if report.prior_is_dummy else 'given'}")
         if report.ccd is not None:
             status += f" · CCD guidance: {report.ccd['guide'].strip()}"
         yield Update(text=report.text, status=status, report=report, download=str(path), model=name, done=True,
                      baseline=baseline.text if baseline is not None else None, fhir=fhir, sr=sr)
 
-    def _write_download(self, report: Any, model: str, loaded: Any, cur: str, prior: str | None,
+    @staticmethod
+    def _generate(engine: Engine, sample: Sample, settings: GenerationSettings, name: str
+                  ) -> Generator[Update, None, Report]:
+        """The report, streamed into updates when there is one candidate (generation runs in a worker thread)."""
+        if settings.num_beams > 1 or settings.num_return_sequences > 1:
+            return engine.generate([sample], settings)[0]
+        stream = TextQueue()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["report"] = engine.generate([sample], settings, on_text=stream.put)[0]
+            except BaseException as exc:  # noqa: BLE001 - handed to the request thread
+                stream.fail(exc)
+            else:
+                stream.close()
+
+        worker = threading.Thread(target=work, name="libra-generate", daemon=True)
+        worker.start()
+        for text in stream:
+            yield Update(text=text, status="generating …", model=name)
+        worker.join()
+        return box["report"]
+
+    def _write_download(self, report: Report, model: str, conv_mode: str, cur: str, prior: str | None,
                         context: str | None) -> Path:
         """The report as a text file with what the model saw, for the download button."""
         stamp = datetime.now(UTC)
@@ -335,7 +338,7 @@ class Server:
             report.text,
             "",
             "----",
-            f"model: {model} (template {loaded.conv_mode})",
+            f"model: {model} (template {conv_mode})",
             f"current image: {os.path.basename(cur)}",
             f"prior image: {prior_line}",
             f"clinical context: {context or 'none'}",
@@ -345,8 +348,6 @@ class Server:
             f"NOTE: {RESEARCH_NOTICE}",
             "",
         ]
-        from libra_cli.atomic import write_text_atomic
-
         return write_text_atomic(path, "\n".join(lines))
 
 

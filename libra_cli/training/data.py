@@ -17,17 +17,19 @@ import numpy as np
 import torch
 
 from libra_cli import prompts
+from libra_cli.checkpoint import layout
 from libra_cli.errors import InputError
+from libra_cli.images import load_and_preprocess
+from libra_cli.jsonio import read_records as read_json_records
+from libra_cli.training.recipe import Recipe
 
 IGNORE_INDEX = -100
-IMAGE_TOKEN_INDEX = prompts.IMAGE_TOKEN_INDEX
 ROLE_MAP = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
 
 
 # ---------------------------------------------------------------------- reading and checking the JSON
 def read_records(path: str | Path, image_folder: str | Path | None = None, check_images: bool = True) -> list[dict]:
     """Load and validate a training JSON (a list of records, or JSONL); one-line error on the first bad record."""
-    from libra_cli.jsonio import read_records as read_json_records
 
     p = Path(path)
     if not p.is_file():
@@ -96,7 +98,7 @@ def tokenize_with_offsets(text: str, tokenizer: Any) -> tuple[list[int], list[tu
     pos = 0
     for i, chunk in enumerate(text.split(prompts.IMAGE_TOKEN)):
         if i > 0:
-            images.append((IMAGE_TOKEN_INDEX, (pos - len(prompts.IMAGE_TOKEN),) * 2))
+            images.append((prompts.IMAGE_TOKEN_INDEX, (pos - len(prompts.IMAGE_TOKEN),) * 2))
         cids, coffs = encode(chunk)
         pieces.append([(t, (pos + a, pos + b) if b > a else (pos, pos)) for t, (a, b) in zip(cids, coffs, strict=True)])
         pos += len(chunk) + len(prompts.IMAGE_TOKEN)
@@ -111,7 +113,7 @@ def build_example(turns: list[dict], tokenizer: Any, conv_mode: str, mm_use_im_s
     ids, offs = tokenize_with_offsets(text, tokenizer)
     labels = []
     for t, (a, b) in zip(ids, offs, strict=True):
-        inside = t != IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in spans)
+        inside = t != prompts.IMAGE_TOKEN_INDEX and b > a and any(a < e and b > s for s, e in spans)
         labels.append(t if inside else IGNORE_INDEX)
     return ids, labels
 
@@ -146,7 +148,6 @@ class LibraTrainDataset(torch.utils.data.Dataset):
         return [sum(len(t["value"].split()) for t in r["conversations"]) + self.num_image_tokens for r in self.records]
 
     def _pixels(self, name: str) -> np.ndarray:
-        from libra_cli.images import load_and_preprocess
 
         # read once per epoch: the per-run image cache (libra_cli.images.CACHE) would only hold memory
         return load_and_preprocess(str(self.image_folder / name), self.image_processor, pad=self.pad_images, cache=False)
@@ -155,9 +156,9 @@ class LibraTrainDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         ids, labels = build_example(rec["conversations"], self.tokenizer, self.conv_mode, self.mm_use_im_start_end)
         # room left for text once the image placeholder is expanded
-        budget = self.model_max_length - (self.num_image_tokens - 1) * ids.count(IMAGE_TOKEN_INDEX)
+        budget = self.model_max_length - (self.num_image_tokens - 1) * ids.count(prompts.IMAGE_TOKEN_INDEX)
         if len(ids) > budget:
-            if IMAGE_TOKEN_INDEX in ids and ids.index(IMAGE_TOKEN_INDEX) >= budget:
+            if prompts.IMAGE_TOKEN_INDEX in ids and ids.index(prompts.IMAGE_TOKEN_INDEX) >= budget:
                 raise InputError(f"record {rec.get('id', i)}: model_max_length {self.model_max_length} leaves no room "
                                  f"for the {self.num_image_tokens} image slots; raise model_max_length")
             self.truncated.add(i)
@@ -184,7 +185,7 @@ class LibraCollator:
         for it in items:
             lab: list[int] = []
             for t, y in zip(it["input_ids"], it["labels"], strict=True):
-                lab.extend([IGNORE_INDEX] * self.num_image_tokens if t == IMAGE_TOKEN_INDEX else [y])
+                lab.extend([IGNORE_INDEX] * self.num_image_tokens if t == prompts.IMAGE_TOKEN_INDEX else [y])
             labels.append(lab)
         width = max(len(x) for x in ids)
         b = len(items)
@@ -198,3 +199,12 @@ class LibraCollator:
             mask[k, sl] = 1
         return {"input_ids": input_ids, "labels": label_t, "attention_mask": mask,
                 "pixel_values": torch.stack([it["pixel_values"] for it in items])}
+
+
+def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
+    """Read and check the training (and validation) JSON: errors come before any model is loaded."""
+    train = read_records(recipe.data_path, recipe.image_folder)
+    ev = read_records(recipe.eval_data_path, recipe.image_folder) if recipe.eval_data_path else None
+    if recipe.pretrain_mm_mlp_adapter:
+        layout.projector_source(recipe.pretrain_mm_mlp_adapter)
+    return train, ev

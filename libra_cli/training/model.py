@@ -1,5 +1,5 @@
 """The model being trained: a Libra LM (from a Libra checkpoint or a plain LLM + encoder) with only the
-stage's parameters trainable, built with the same ``checkpoint.build_lm`` as inference."""
+stage's parameters trainable, put together by ``checkpoint.assemble`` as for inference."""
 
 from __future__ import annotations
 
@@ -8,30 +8,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from libra_cli.checkpoint import layout
+from libra_cli.checkpoint.hub import checkpoint_folder, hub_folder
+from libra_cli.checkpoint.load import assemble, read_config
+from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
+from libra_cli.checkpoint.tower import resolve_vision_tower_path
+from libra_cli.console import quiet_transformers
 from libra_cli.errors import InputError, ModelLoadError
+from libra_cli.images import ImageProcessorConfig
+from libra_cli.model import modeling
 from libra_cli.training.recipe import Recipe
 
 
 @dataclass
 class Built:
-    model: Any  # the Libra LM (LoRA-wrapped in stage 2)
-    base: Any  # the Libra LM itself
-    tokenizer: Any
-    processor: Any
-    config: Any
+    model: PreTrainedModel  # the Libra LM (LoRA-wrapped in stage 2)
+    base: PreTrainedModel  # the Libra LM itself
+    tokenizer: PreTrainedTokenizerBase
+    processor: ImageProcessorConfig
+    config: PretrainedConfig
     folder: str
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _libra_config(folder: str, recipe: Recipe) -> Any:
+def _libra_config(folder: str, recipe: Recipe) -> PretrainedConfig:
     """The Libra config of ``folder``; a plain LLM config gets the multimodal fields of the recipe."""
-    from transformers import AutoConfig
-
-    from libra_cli.checkpoint.load import read_config
-    from libra_cli.model import modeling
-
     config = read_config(folder)
     if config.model_type in modeling.BACKBONES:
         if recipe.vision_tower:
@@ -44,8 +48,6 @@ def _libra_config(folder: str, recipe: Recipe) -> Any:
     libra_type = modeling.BASE_TO_LIBRA[config.model_type]
     base = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
     cfg = modeling.BACKBONES[libra_type][0](**base)
-    from libra_cli.checkpoint.hub import hub_folder
-
     tower_cfg = AutoConfig.from_pretrained(hub_folder(recipe.vision_tower, allow_patterns=["*.json"], what="vision tower"),
                                            trust_remote_code=False)
     tower_cfg = getattr(tower_cfg, "vision_config", tower_cfg)
@@ -74,16 +76,8 @@ def lora_target_regex(model: Any) -> str:
 
 
 def build_model(recipe: Recipe, stage: str) -> Built:
-    """Base model + encoder + tokenizer, with only the stage's parameters trainable."""
-    from transformers import set_seed
-
-    from libra_cli.checkpoint.hub import checkpoint_folder
-    from libra_cli.checkpoint.load import build_lm, load_projector
-    from libra_cli.checkpoint.runtime import DTYPES, resolve_attention
-    from libra_cli.checkpoint.tokenizer import load_tokenizer
-    from libra_cli.checkpoint.tower import load_vision_tower
-    from libra_cli.console import quiet_transformers
-
+    """Base model + encoder + tokenizer (``checkpoint.assemble``, as inference), with only the stage's parameters
+    trainable."""
     quiet_transformers()
     # the recipe seed also fixes what is randomly initialised here (LoRA A, a fresh connector): otherwise runs
     # differ and each DDP rank starts from its own LoRA weights (the Trainer only seeds after the model is built)
@@ -95,12 +89,11 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     attn = recipe.attn_implementation
     if attn == "auto":
         attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
-    lm = build_lm(folder, config, dtype, attn)
-    if recipe.pretrain_mm_mlp_adapter:
-        load_projector(lm, layout.load_bin(layout.projector_source(recipe.pretrain_mm_mlp_adapter)))
-    tower = load_vision_tower(config, checkpoint_dir=folder, override=recipe.vision_tower, dtype=dtype)
-    lm.set_vision_tower(tower)
-    tokenizer = load_tokenizer(folder, model_max_length=recipe.model_max_length, padding_side=recipe.padding_side)
+    adapter = recipe.pretrain_mm_mlp_adapter
+    parts = assemble(folder, config, dtype=dtype, attn=attn, vision_tower=recipe.vision_tower,
+                     projector=layout.projector_source(adapter) if adapter else None,
+                     tokenizer_kwargs={"model_max_length": recipe.model_max_length, "padding_side": recipe.padding_side})
+    lm, tower, tokenizer = parts.lm, parts.tower, parts.tokenizer
 
     lm.requires_grad_(False)
     model = lm
@@ -117,8 +110,6 @@ def build_model(recipe: Recipe, stage: str) -> Built:
         config.freeze_mm_mlp_adapter = recipe.freeze_mm_mlp_adapter
         config.mm_projector_lr = recipe.mm_projector_lr
         if recipe.lora_enable:
-            from peft import LoraConfig, get_peft_model
-
             lcfg = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                               bias=recipe.lora_bias, target_modules=lora_target_regex(lm), task_type="CAUSAL_LM")
             model = get_peft_model(lm, lcfg)
@@ -134,10 +125,8 @@ def build_model(recipe: Recipe, stage: str) -> Built:
                  {"trainable": trainable, "total": total, "num_image_tokens": int(tower.num_patches)})
 
 
-def saved_config(config: Any, folder: str) -> dict[str, Any]:
+def saved_config(config: PretrainedConfig, folder: str) -> dict[str, Any]:
     """config.json for an output folder: a relative local tower path becomes absolute (outputs move)."""
-    from libra_cli.checkpoint.tower import resolve_vision_tower_path
-
     d = config.to_dict()
     tower = d.get("mm_vision_tower")
     if isinstance(tower, str) and tower.startswith("."):

@@ -149,6 +149,12 @@ class Recipe:
             return []  # the Trainer picks every installed integration
         return [x.strip() for x in value.split(",") if x.strip()]
 
+    @property
+    def mixed_precision(self) -> str:
+        """The mixed precision the recipe asks for (``bf16`` | ``fp16`` | ``no``): a launcher's preset
+        (``ACCELERATE_MIXED_PRECISION``) must not autocast another dtype's recipe; ``libra train`` sets it to this."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
+
     def gradient_accumulation(self, world_size: int = 1) -> int:
         """Accumulation steps that keep ``global_batch_size`` on ``world_size`` processes."""
         per_step = self.per_device_train_batch_size * max(world_size, 1)

@@ -12,15 +12,28 @@ checkpoint holds the PEFT adapter, the non-LoRA trainables and ``config.json``: 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import rotate_checkpoints
 
 from libra_cli.checkpoint import layout
+from libra_cli.checkpoint.card import CardFacts, write_model_card
+from libra_cli.checkpoint.load import load_projector
+from libra_cli.console import third_party_logs_to_stderr, warn_once
+from libra_cli.metrics.api import check_selection
+from libra_cli.metrics.registry import LOWER_IS_BETTER
 from libra_cli.training import outputs
+from libra_cli.training.data import LibraCollator, LibraTrainDataset, prepare_data
 from libra_cli.training.model import Built, build_model, saved_config
 from libra_cli.training.outputs import resolve_resume
 from libra_cli.training.recipe import Recipe, save_recipe
@@ -29,158 +42,134 @@ from libra_cli.training.validation import generation_scores
 
 
 # ---------------------------------------------------------------------- trainer
-def _trainer_cls() -> type:
-    """transformers' Trainer with the original checkpoint layouts, a connector learning rate and validation.
+class LibraTrainer(Trainer):
+    """Trainer with the original checkpoint layouts, a connector learning rate and generation-scored validation."""
 
-    Long: the subclass is defined inside so that transformers is imported only when training; its
-    methods are the body of this function.
-    """
-    from transformers import Trainer
+    def __init__(self, *a: Any, recipe: Recipe, stage: str, built: Built, eval_records: list | None = None,
+                 **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.recipe, self.stage, self.built = recipe, stage, built
+        self.eval_records = eval_records or []
+        self._tokens = 0
+        self._t0 = None
+        self._meteor = None
+        self._scorers = None
+        if recipe.eval_steps and recipe.eval_generate:  # names and scorer models checked now, not at validation
+            self._scorers = check_selection(recipe.eval_metrics, recipe.metric_for_best_model,
+                                            radgraph_model=recipe.eval_radgraph_model)
 
-    class LibraTrainer(Trainer):
-        """Trainer with the original checkpoint layouts, a connector learning rate and generation-scored validation."""
+    # ---- data
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.recipe.group_by_length and hasattr(ds, "lengths"):
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        dataset=ds, lengths=ds.lengths)
+        return super()._get_train_sampler(train_dataset)
 
-        def __init__(self, *a: Any, recipe: Recipe, stage: str, built: Built, eval_records: list | None = None,
-                     **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.recipe, self.stage, self.built = recipe, stage, built
-            self.eval_records = eval_records or []
-            self._tokens = 0
-            self._t0 = None
-            self._meteor = None
-            self._scorers = None
-            if recipe.eval_steps and recipe.eval_generate:  # names and scorer models checked now, not at validation
-                from libra_cli.metrics.api import check_selection
+    # ---- optimiser: the connector may have its own learning rate
+    def create_optimizer(self, model: Any = None) -> Any:
+        lr = self.recipe.mm_projector_lr
+        if self.optimizer is not None or lr is None or self.stage == "align":
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        opt_model = self.model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: list[dict[str, Any]] = []
+        for is_conn in (False, True):
+            for wd in (True, False):
+                params = [p for n, p in opt_model.named_parameters() if p.requires_grad
+                          and (("mm_projector" in n) == is_conn) and ((n in decay) == wd)]
+                if params:
+                    g: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if wd else 0.0}
+                    if is_conn:
+                        g["lr"] = lr
+                    groups.append(g)
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
 
-                self._scorers = check_selection(recipe.eval_metrics, recipe.metric_for_best_model,
-                                                radgraph_model=recipe.eval_radgraph_model)
+    # ---- throughput
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        self._tokens += int(inputs["attention_mask"].sum())
+        return super().training_step(model, inputs, num_items_in_batch)
 
-        # ---- data
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            ds = train_dataset if train_dataset is not None else self.train_dataset
-            if self.recipe.group_by_length and hasattr(ds, "lengths"):
-                from transformers.trainer_pt_utils import LengthGroupedSampler
+    def log(self, logs: dict[str, float], *a: Any, **kw: Any) -> None:
+        if "loss" in logs and self._t0 is not None:
+            dt = max(time.perf_counter() - self._t0, 1e-9)
+            logs["tokens_per_s"] = round(self._tokens / dt, 1)
+            self._tokens, self._t0 = 0, time.perf_counter()
+        super().log(logs, *a, **kw)
 
-                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                            dataset=ds, lengths=ds.lengths)
-            return super()._get_train_sampler(train_dataset)
+    # ---- saving in the original layouts
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        out = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        lm = self.built.base
+        cfg = saved_config(self.built.config, self.built.folder)
+        if self.stage == "align":
+            layout.save_projector(lm.connector, out, state_dict)
+        else:
+            model = self.model
+            if isinstance(model, PeftModel):
+                model.save_pretrained(str(out), state_dict=state_dict)
+                layout.save_non_lora_trainables(lm, out, state_dict)
+            else:  # full fine-tune without LoRA: a plain full checkpoint
+                kw = {} if state_dict is None else {"state_dict": layout.without_tower(state_dict)}
+                lm.save_pretrained(str(out), **kw)
+        layout.write_config(out, cfg, dtype=self.recipe.dtype)
+        # the base's own tokenizer files (tokenizer.model included): the output then tokenises and decodes
+        # exactly like its base with the original-exact codec, and the original code can load it
+        if not layout.copy_tokenizer_files(self.built.folder, out) and self.processing_class is not None:
+            self.processing_class.save_pretrained(str(out))
+        save_recipe(self.recipe, out, self.stage)
 
-        # ---- optimiser: the connector may have its own learning rate
-        def create_optimizer(self, model: Any = None) -> Any:
-            lr = self.recipe.mm_projector_lr
-            if self.optimizer is not None or lr is None or self.stage == "align":
-                return super().create_optimizer(model) if model is not None else super().create_optimizer()
-            opt_model = self.model
-            decay = set(self.get_decay_parameter_names(opt_model))
-            groups: list[dict[str, Any]] = []
-            for is_conn in (False, True):
-                for wd in (True, False):
-                    params = [p for n, p in opt_model.named_parameters() if p.requires_grad
-                              and (("mm_projector" in n) == is_conn) and ((n in decay) == wd)]
-                    if params:
-                        g: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if wd else 0.0}
-                        if is_conn:
-                            g["lr"] = lr
-                        groups.append(g)
-            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = cls(groups, **kwargs)
-            return self.optimizer
+    # ---- checkpoints appear only when complete: written under a hidden name, then renamed
+    def _get_output_dir(self, trial: Any) -> str:
+        staging = getattr(self, "_staging", None)
+        return str(staging) if staging is not None else super()._get_output_dir(trial)
 
-        # ---- throughput
-        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            if self._t0 is None:
-                self._t0 = time.perf_counter()
-            self._tokens += int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        step = self.state.global_step
+        self._staging = run_dir / f"{outputs.STAGING_PREFIX}{step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            staging, self._staging = self._staging, None
+        self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
+        if self.args.should_save:
+            outputs.publish_checkpoint(staging, run_dir, step, self.state)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
-        def log(self, logs: dict[str, float], *a: Any, **kw: Any) -> None:
-            if "loss" in logs and self._t0 is not None:
-                dt = max(time.perf_counter() - self._t0, 1e-9)
-                logs["tokens_per_s"] = round(self._tokens / dt, 1)
-                self._tokens, self._t0 = 0, time.perf_counter()
-            super().log(logs, *a, **kw)
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        ckpt = Path(resume_from_checkpoint)
+        if self.stage == "align":
+            load_projector(self.built.base, layout.load_bin(layout.projector_source(ckpt)))
+            return
+        if isinstance(self.model, PeftModel):
+            f = ckpt / "adapter_model.safetensors"
+            state = load_file(str(f)) if f.is_file() else layout.load_bin(ckpt / "adapter_model.bin")
+            set_peft_model_state_dict(self.model, state)
+            nlt = layout.non_lora_file(ckpt)
+            if nlt.is_file():
+                self.model.load_state_dict(layout.load_bin(nlt), strict=False)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
-        # ---- saving in the original layouts
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            out = Path(output_dir or self.args.output_dir)
-            if not self.args.should_save:
-                return
-            out.mkdir(parents=True, exist_ok=True)
-            lm = self.built.base
-            cfg = saved_config(self.built.config, self.built.folder)
-            if self.stage == "align":
-                layout.save_projector(lm.connector, out, state_dict)
-            else:
-                from peft import PeftModel
-
-                model = self.model
-                if isinstance(model, PeftModel):
-                    model.save_pretrained(str(out), state_dict=state_dict)
-                    layout.save_non_lora_trainables(lm, out, state_dict)
-                else:  # full fine-tune without LoRA: a plain full checkpoint
-                    kw = {} if state_dict is None else {"state_dict": layout.without_tower(state_dict)}
-                    lm.save_pretrained(str(out), **kw)
-            layout.write_config(out, cfg, dtype=self.recipe.dtype)
-            # the base's own tokenizer files (tokenizer.model included): the output then tokenises and decodes
-            # exactly like its base with the original-exact codec, and the original code can load it
-            if not layout.copy_tokenizer_files(self.built.folder, out) and self.processing_class is not None:
-                self.processing_class.save_pretrained(str(out))
-            save_recipe(self.recipe, out, self.stage)
-
-        # ---- checkpoints appear only when complete: written under a hidden name, then renamed
-        def _get_output_dir(self, trial: Any) -> str:
-            staging = getattr(self, "_staging", None)
-            return str(staging) if staging is not None else super()._get_output_dir(trial)
-
-        def _save_checkpoint(self, model: Any, trial: Any) -> None:
-            run_dir = Path(super()._get_output_dir(trial))
-            step = self.state.global_step
-            self._staging = run_dir / f"{outputs.STAGING_PREFIX}{step}"
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                staging, self._staging = self._staging, None
-            self.accelerator.wait_for_everyone()  # every rank's shards are written before the rename
-            if self.args.should_save:
-                outputs.publish_checkpoint(staging, run_dir, step, self.state)
-                from transformers.trainer_utils import rotate_checkpoints
-
-                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-            self.accelerator.wait_for_everyone()
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            from libra_cli.checkpoint.load import load_projector
-
-            ckpt = Path(resume_from_checkpoint)
-            if self.stage == "align":
-                load_projector(self.built.base, layout.load_bin(layout.projector_source(ckpt)))
-                return
-            from peft import PeftModel, set_peft_model_state_dict
-
-            if isinstance(self.model, PeftModel):
-                from safetensors.torch import load_file
-
-                f = ckpt / "adapter_model.safetensors"
-                state = load_file(str(f)) if f.is_file() else layout.load_bin(ckpt / "adapter_model.bin")
-                set_peft_model_state_dict(self.model, state)
-                nlt = layout.non_lora_file(ckpt)
-                if nlt.is_file():
-                    self.model.load_state_dict(layout.load_bin(nlt), strict=False)
-            else:
-                super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-        # ---- validation: eval loss + real generation scored with libra_cli.metrics
-        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            if self.recipe.eval_generate and self.eval_records:
-                gen = generation_scores(self, self.eval_records[: self.recipe.eval_subset])
-                gen = {f"{metric_key_prefix}_{k}": v for k, v in gen.items()}
-                metrics.update(gen)
-                self.log(gen)
-            return metrics
-
-    return LibraTrainer
+    # ---- validation: eval loss + real generation scored with libra_cli.metrics
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.recipe.eval_generate and self.eval_records:
+            gen = generation_scores(self, self.eval_records[: self.recipe.eval_subset])
+            gen = {f"{metric_key_prefix}_{k}": v for k, v in gen.items()}
+            metrics.update(gen)
+            self.log(gen)
+        return metrics
 
 
 # ---------------------------------------------------------------------- entry point
@@ -202,28 +191,8 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _recipe_mixed_precision(recipe: Recipe) -> None:
-    """The recipe decides mixed precision: a launcher's ``ACCELERATE_MIXED_PRECISION`` (e.g. ``mixed_precision: bf16``
-    in a preset) would otherwise silently autocast a float32 recipe, since the Trainer's Accelerator reads it."""
-    if "ACCELERATE_MIXED_PRECISION" in os.environ:
-        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16" if recipe.bf16 else "fp16" if recipe.fp16 else "no"
-
-
-def prepare_data(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
-    """Read and check the training (and validation) JSON: errors come before any model is loaded."""
-    from libra_cli.training.data import read_records
-
-    train = read_records(recipe.data_path, recipe.image_folder)
-    ev = read_records(recipe.eval_data_path, recipe.image_folder) if recipe.eval_data_path else None
-    if recipe.pretrain_mm_mlp_adapter:
-        layout.projector_source(recipe.pretrain_mm_mlp_adapter)
-    return train, ev
-
-
 def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: bool, report_to: list[str]) -> Any:
     """transformers' ``TrainingArguments`` from the recipe (the Trainer owns DDP / DeepSpeed / FSDP)."""
-    from transformers import TrainingArguments
-
     return TrainingArguments(
         output_dir=recipe.output_dir,
         num_train_epochs=recipe.num_train_epochs,
@@ -261,8 +230,6 @@ def _training_args(recipe: Recipe, evaluating: bool, best: str | None, higher: b
 def _write_card(recipe: Recipe, stage: str, built: Built, steps: int, seconds: float, n_train: int,
                 evals: list[dict[str, Any]]) -> None:
     """The output folder's model card: base, recipe, data and the last validation metrics."""
-    from libra_cli.checkpoint.card import CardFacts, write_model_card
-
     kind = "projector" if stage == "align" else ("lora" if recipe.lora_enable else "full")
     last = evals[-1] if evals else {}
     metrics = {k[len("eval_"):]: float(v) for k, v in last.items()
@@ -275,10 +242,9 @@ def _write_card(recipe: Recipe, stage: str, built: Built, steps: int, seconds: f
         metrics=metrics))
 
 
-def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None) -> TrainResult:
-    """Run one stage: data checked first, then the model, then transformers' Trainer."""
-    from libra_cli.training.data import LibraCollator, LibraTrainDataset
-
+def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callbacks: list | None = None,
+          quiet: bool = False) -> TrainResult:
+    """Run one stage: data checked first, then the model, then transformers' Trainer (``quiet``: no progress)."""
     train_records, eval_records = prepare_data(recipe)
     ckpt = resolve_resume(resume, recipe.output_dir)
     built = build_model(recipe, stage)
@@ -295,20 +261,15 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     best = recipe.metric_for_best_model if evaluating else None
     if best and not recipe.eval_generate:
         best = "loss"
-    higher = best is not None and best.lower() not in ("loss", "eval_loss") and best not in ("RadCliQ-v1",)
+    higher = best is not None and best.lower() not in ("loss", "eval_loss") and best not in LOWER_IS_BETTER
     report_to = "all" if recipe.report_to.strip() == "all" else recipe.loggers()
-    _recipe_mixed_precision(recipe)
     args = _training_args(recipe, evaluating, best, higher, report_to)
     collator = LibraCollator(built.tokenizer.pad_token_id, built.info["num_image_tokens"], recipe.padding_side)
-    trainer = _trainer_cls()(
+    trainer = LibraTrainer(
         model=built.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-        processing_class=built.tokenizer, callbacks=[*callbacks_for(recipe), *(callbacks or [])],
+        processing_class=built.tokenizer, callbacks=[*callbacks_for(recipe, quiet), *(callbacks or [])],
         recipe=recipe, stage=stage, built=built, eval_records=eval_records,
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from libra_cli.console import third_party_logs_to_stderr
-
     third_party_logs_to_stderr()
     trainer.remove_callback(PrinterCallback)  # prints the log dicts on stdout
     trainer.remove_callback(ProgressCallback)
@@ -323,12 +284,8 @@ def train(recipe: Recipe, stage: str, resume: str | bool | None = None, callback
     evals = [h for h in hist if any(k.startswith("eval_") for k in h)]
     if trainer.args.should_save:
         _write_card(recipe, stage, built, trainer.state.global_step, seconds, len(train_records), evals)
-    import resource
-
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if train_ds.truncated:
-        from libra_cli.console import warn_once
-
         warn_once("truncated", f"{len(train_ds.truncated)} training samples were longer than model_max_length "
                                f"{recipe.model_max_length} and were truncated")
     return TrainResult(recipe.output_dir, trainer.state.global_step, losses, evals, len(train_ds.truncated),

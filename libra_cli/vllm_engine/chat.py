@@ -10,27 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from libra_cli.checkpoint.registry import default_conv_mode, default_query
 from libra_cli.prompts import IM_END, IM_START, IMAGE_TOKEN, get_template
 
 
 def conv_mode_for(model_config: Any) -> str:
     """The template the model was trained with (``libra_conv_mode`` in the config overrides it)."""
-    from libra_cli.checkpoint.registry import default_conv_mode
-
     hf_config = model_config.hf_config
     return str(getattr(hf_config, "libra_conv_mode", None) or default_conv_mode(str(model_config.model), hf_config))
 
 
 def default_query_for(model_config: Any) -> str:
     """The question the model was trained to answer (``libra_default_query`` in the config overrides it)."""
-    from libra_cli.checkpoint.registry import lookup
-    from libra_cli.prompts import DEFAULT_QUERY
-
     saved = getattr(model_config.hf_config, "libra_default_query", None)
-    if saved:
-        return str(saved)
-    known = lookup(str(model_config.model))
-    return known.default_query if known else DEFAULT_QUERY
+    return str(saved) if saved else default_query(str(model_config.model))
 
 
 def render_conversation(conversation: list[Any], conv_mode: str, default_query: str,

@@ -20,6 +20,11 @@ from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from libra_cli.checkpoint.files import CONNECTOR_PREFIX, TOWER_PREFIX
+from libra_cli.checkpoint.layout import connector_state
+from libra_cli.checkpoint.tower import load_vision_tower
+from libra_cli.model.connectors import build_connector, uses_prior
+from libra_cli.model.modeling import BACKBONES
 from libra_cli.vllm_engine.processing import (
     LibraDummyInputsBuilder,
     LibraMultiModalProcessor,
@@ -40,8 +45,6 @@ TOWER_KEYS = "model.vision_tower."  # the encoder as saved inside a checkpoint (
 
 
 def text_architecture(config: Any) -> str:
-    from libra_cli.model.modeling import BACKBONES
-
     return TEXT_ARCH[BACKBONES[config.model_type][2]]
 
 
@@ -61,9 +64,6 @@ class LibraForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        from libra_cli.checkpoint.tower import load_vision_tower
-        from libra_cli.model.connectors import build_connector
-
         config = vllm_config.model_config.hf_config
         self.config = config
         # the <image> placeholder id is past the vocabulary: masked before the embedding lookup
@@ -78,6 +78,7 @@ class LibraForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config, hf_config=config, architectures=[text_architecture(config)],
                 prefix=maybe_prefix(prefix, "language_model"))
+        self.uses_prior = uses_prior(config)
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
     # ------------------------------------------------------------------ images
@@ -92,7 +93,7 @@ class LibraForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack(list(pixel_values))
         cur = self.vision_tower(pixel_values[:, 0])
-        prior = self.vision_tower(pixel_values[:, 1]) if getattr(self.mm_projector, "uses_prior", False) else None
+        prior = self.vision_tower(pixel_values[:, 1]) if self.uses_prior else None
         dtype = next(self.mm_projector.parameters()).dtype
         feats = self.mm_projector(cur.to(dtype), prior.to(dtype) if prior is not None else None)
         return list(feats)
@@ -113,9 +114,6 @@ class LibraForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         The encoder was loaded from its own folder in ``__init__`` (as the original: not saved in
         the checkpoint), unless the checkpoint carries a trained one (``unfreeze_mm_vision_tower``).
         """
-        from libra_cli.checkpoint.files import CONNECTOR_PREFIX, TOWER_PREFIX
-        from libra_cli.checkpoint.layout import connector_state
-
         connector: dict[str, torch.Tensor] = {}
         tower: dict[str, torch.Tensor] = {}
 

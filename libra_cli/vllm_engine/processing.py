@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoConfig, BatchFeature
+from vllm.inputs import mm_input
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems, PlaceholderRange
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
@@ -29,8 +31,10 @@ from vllm.multimodal.processing import (
 )
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
+from libra_cli.checkpoint.hub import hub_folder
+from libra_cli.checkpoint.tower import resolve_vision_tower_path, tower_folder, tower_name
 from libra_cli.errors import InputError
-from libra_cli.images import ImageProcessorConfig, load_image, preprocess
+from libra_cli.images import ImageProcessorConfig, to_pixels
 
 MAX_IMAGES = 2  # current + prior
 
@@ -45,17 +49,11 @@ class TowerGeometry:
 
 
 def model_folder(name: str) -> str:
-    from libra_cli.checkpoint.hub import hub_folder
-
     return hub_folder(name, what="model")
 
 
 def tower_geometry(config: Any, folder: str) -> TowerGeometry:
     """Image preprocessing and token count of the encoder named by the Libra config."""
-    from transformers import AutoConfig
-
-    from libra_cli.checkpoint.tower import resolve_vision_tower_path, tower_folder, tower_name
-
     name = tower_name(config)
     path = resolve_vision_tower_path(name, folder)
     if path.startswith("hf-hub:"):
@@ -78,13 +76,12 @@ def pixels(item: Any, geometry: TowerGeometry) -> np.ndarray:
     decoded again from their original bytes with ``libra_cli.images`` (16-bit PNGs min-max
     scaled, no EXIF rotation), since vLLM's own decoding differs from the original pipeline.
     """
-    if isinstance(item, np.ndarray) and item.ndim == 3 and item.dtype == np.float32:
-        return item
-    if isinstance(item, torch.Tensor) and item.dim() == 3:
-        return item.float().cpu().numpy()
     raw = getattr(item, "original_bytes", None)
-    image = load_image(raw if raw is not None else getattr(item, "media", item))
-    return preprocess(image, geometry.processor, pad=geometry.pad)
+    if raw is not None:
+        item = raw
+    elif hasattr(item, "media"):
+        item = item.media
+    return to_pixels(item, geometry.processor, pad=geometry.pad)
 
 
 class LibraProcessingInfo(BaseProcessingInfo):
@@ -137,9 +134,6 @@ class LibraMultiModalProcessor(BaseMultiModalProcessor[LibraProcessingInfo]):
 
     def apply(self, inputs: ProcessorInputs, timing_ctx: Any) -> Any:
         """One study -> pixel_values ``[1, 2, 3, H, W]``, one hash, one placeholder range."""
-        from transformers import BatchFeature
-        from vllm.inputs import mm_input
-
         items = inputs.mm_data_items.get("image")
         count = len(items) if items is not None else 0
         if not 1 <= count <= MAX_IMAGES:

@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers import BatchEncoding
+
+from libra_cli.checkpoint.hub import hub_folder
+from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
 from libra_cli.prompts import IMAGE_TOKEN, tokenize_with_image
 
 
@@ -46,9 +50,6 @@ class LibraTokenizer:
     def from_pretrained(cls, path_or_repo_id: str | Path, *args: Any, trust_remote_code: bool = False,
                         revision: str | None = None, download_dir: str | None = None, **kwargs: Any) -> LibraTokenizer:
         """Load the checkpoint's tokenizer and libra's codec for it (what ``load_model`` does)."""
-        from libra_cli.checkpoint.hub import hub_folder
-        from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
-
         folder = Path(hub_folder(str(path_or_repo_id), what="tokenizer"))
         hf = load_tokenizer(folder, revision=revision, cache_dir=download_dir)
         codec = SpmCodec.for_folder(str(folder), hf)
@@ -77,8 +78,6 @@ class LibraTokenizer:
 
     def __call__(self, text: str | list[str], text_pair: str | None = None, add_special_tokens: bool = True,
                  truncation: bool = False, max_length: int | None = None, **kwargs: Any) -> Any:
-        from transformers import BatchEncoding
-
         if isinstance(text, list):
             ids: Any = [self.encode(t, truncation, max_length, add_special_tokens) for t in text]
             mask: Any = [[1] * len(i) for i in ids]

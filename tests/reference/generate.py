@@ -7,7 +7,7 @@ venv; libra's tests then compare its adapters (transformers 5) against this file
     python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 "transformers==4.57.*" \
         radgraph==0.1.18 f1chexbert==0.0.2 "scikit-learn<1.6" bert-score==0.3.13 fast-bleu "pandas<3" statsmodels
     /tmp/ref/bin/pip install --no-deps RaTEScore==0.6.0 medspacy==1.3.1 medspacy_quickumls==3.2
-    /tmp/ref/bin/pip install PyRuSH "spacy<3.8" pysbd==0.3.4 jsonschema unidecode pysimstring medspacy_unqlite six
+    /tmp/ref/bin/pip install PyRuSH==1.0.13 "spacy<3.8" pysbd==0.3.4 jsonschema unidecode pysimstring medspacy_unqlite six
     python tests/reference/generate.py --ref-python /tmp/ref/bin/python --cxr-report-metric CHECKOUT
 
 CHECKOUT is a clone of rajpurkarlab/CXR-Report-Metric (commit 9c9ecad; not vendored here).
@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.builders: this repo's, not a package's `tests`
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "data" / "scorer_reference.json"
 
@@ -33,8 +35,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep the tiny models and partial results here (resumable)")
     args = parser.parse_args()
-    from libra_cli.testing.reports import scorer_pairs
-    from libra_cli.testing.scorers import build_all
+    from tests.builders.reports import scorer_pairs
+    from tests.builders.scorers import build_all
 
     refs, hyps = scorer_pairs()
     with tempfile.TemporaryDirectory() as tmp:

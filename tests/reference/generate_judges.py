@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.builders: this repo's, not a package's `tests`
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "data" / "judge_reference.json"
 SHARED_TOKENIZER = HERE.parents[2] / "shared" / "fixtures" / "tokenizer"
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep the tiny judges here")
     args = parser.parse_args()
-    from libra_cli.testing.judges import build_judges, judge_pairs
+    from tests.builders.judges import build_judges, judge_pairs
 
     pairs = judge_pairs()
     with tempfile.TemporaryDirectory() as tmp:

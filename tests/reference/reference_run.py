@@ -3,7 +3,7 @@
 Called by ``tests/reference/generate.py``; standalone on purpose (the reference venv has no libra).
 Usage: python reference_run.py TINY_DIR PAIRS_JSON CXR_REPORT_METRIC_CHECKOUT OUT_JSON
 
-TINY_DIR holds what ``libra_cli.testing.scorers`` built plus an ``hf/hub`` cache in which the
+TINY_DIR holds what ``tests.builders.scorers`` built plus an ``hf/hub`` cache in which the
 tiny BERT is ``bert-base-uncased`` (f1chexbert and CXR-Report-Metric load that id) and
 ``xdg/chexbert/chexbert.pth`` (f1chexbert's cache path).
 """

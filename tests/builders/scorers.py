@@ -250,7 +250,7 @@ def build_all(out: Path) -> dict[str, Path]:
     the extracted archive. Same code and seeds give the same weights (tests rebuild what the
     committed reference outputs were computed on).
     """
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     refs, preds = make_pairs(300, seed=0)
     corpus = refs + preds

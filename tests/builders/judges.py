@@ -47,7 +47,7 @@ def judge_corpus() -> list[str]:
     """Text the tiny tokenizers are trained on: both judges' prompts and MIMIC-like reports."""
     from libra_cli.metrics.judges import crimson_prompt as cp
     from libra_cli.metrics.judges.green import make_prompt
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     refs, hyps = make_pairs(200, seed=3)
     return [make_prompt("", ""), *(getattr(cp, n) for n in dir(cp) if n.isupper()), *refs, *hyps]
@@ -193,7 +193,7 @@ CRIMSON_GENERATION = {"do_sample": False, "max_new_tokens": 40, "eos_token_id": 
 def judge_pairs() -> dict[str, dict[str, list[str]]]:
     """The pairs each tiny judge is run on: MIMIC-like pairs plus empty, whitespace-only, over-long
     (more than GREEN's 300-word cut) and non-ASCII reports."""
-    from libra_cli.testing.reports import make_pairs
+    from tests.builders.reports import make_pairs
 
     refs, hyps = make_pairs(11, seed=7)
     long_ref = " ".join(["The lungs are clear."] * 80)  # 320 words: GREEN keeps 300
@@ -211,7 +211,7 @@ def judge_pairs() -> dict[str, dict[str, list[str]]]:
 def build_judges(out: Path, tokenizer_dir: Path) -> dict[str, Path]:
     """Every tiny judge, from fixed seeds, and ``out/hf/hub``: each under its published hub id, and a
     second CRIMSON judge as ``google/medgemma-4b-it`` (the package prompts any other model with its guidelines)."""
-    from libra_cli.testing.scorers import folder_files, install_in_hf_cache
+    from tests.builders.scorers import folder_files, install_in_hf_cache
 
     built = {
         "StanfordAIMI/GREEN-radllama2-7b": build_green_llama(out / "green-radllama2", tokenizer_dir),
