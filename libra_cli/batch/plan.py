@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from libra_cli.batch.inputs import ErrorRecord, Item
+from libra_cli.checkpoint.memory import available_bytes, per_sample_bytes  # noqa: F401 - re-exported
 from libra_cli.errors import InputError
 
 
@@ -115,23 +116,6 @@ def shard_device(device: str, num_shards: int, shard: int) -> str:
 
 
 
-def per_sample_bytes(config: Any, prompt_len: int, max_new_tokens: int, num_beams: int, elem_bytes: int) -> int:
-    """Rough GPU bytes one sample needs while generating: KV cache + logits + prefill activations."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = int(text.num_hidden_layers)
-    heads = int(text.num_attention_heads)
-    kv = int(getattr(text, "num_key_value_heads", None) or heads)
-    hidden = int(text.hidden_size)
-    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
-    inter = int(getattr(text, "intermediate_size", 4 * hidden))
-    vocab = int(text.vocab_size)
-    total = prompt_len + max_new_tokens
-    kv_cache = 2 * layers * kv * head_dim * total * elem_bytes * num_beams
-    logits = vocab * 4 * 3 * num_beams  # float32 logits, processed scores, softmax
-    prefill = prompt_len * (4 * hidden + 2 * inter) * elem_bytes + heads * prompt_len * prompt_len * elem_bytes
-    return kv_cache + logits + prefill
-
-
 def pick_batch_size(free_bytes: int, sample_bytes: int, n_items: int, cap: int = 256, headroom: float = 0.7) -> int:
     """The largest batch whose estimated need fits in ``headroom`` of the free memory (at least 1)."""
     fit = int(free_bytes * headroom) // max(sample_bytes, 1)
@@ -139,16 +123,16 @@ def pick_batch_size(free_bytes: int, sample_bytes: int, n_items: int, cap: int =
 
 
 def auto_batch_size(loaded: Any, settings: Any, max_prompt_len: int, n_items: int) -> int:
-    """``--batch-size auto``: from free GPU memory on CUDA; 16 elsewhere (CPU gains little beyond)."""
+    """``--batch-size auto``: the largest batch that fits the free memory (GPU, or RAM on a CPU, where it is at
+    most 16: a CPU gains little beyond)."""
     import torch
 
     dev = str(loaded.device)
-    if not dev.startswith("cuda") or not torch.cuda.is_available():
-        return max(1, min(16, n_items))
-    free, _ = torch.cuda.mem_get_info(torch.device(dev))
+    free, _ = available_bytes(dev if dev.startswith("cuda") else "cpu")
+    cap = 256 if dev.startswith("cuda") else 16
     elem = torch.empty((), dtype=loaded.dtype).element_size()
     beams = max(settings.num_beams, settings.num_return_sequences)
     if getattr(settings, "decoding", "standard") == "ccd":
         beams *= 2  # CCD keeps two KV caches per sequence (the original and the guided prompt)
-    return pick_batch_size(free, per_sample_bytes(loaded.config, max_prompt_len, settings.max_new_tokens, beams, elem),
-                           n_items)
+    need = per_sample_bytes(loaded.config, max_prompt_len, settings.max_new_tokens, beams, elem, shared_prompt=True)
+    return pick_batch_size(free, need, n_items, cap=cap) if free else max(1, min(cap, n_items))

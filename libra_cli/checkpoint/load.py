@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from libra_cli.checkpoint import layout, runtime
+from libra_cli.checkpoint import layout, memory, runtime
 from libra_cli.checkpoint.hub import checkpoint_folder, commit_of
 from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
 from libra_cli.checkpoint.tower import load_vision_tower
@@ -141,11 +141,13 @@ def load_model(
     load_8bit: bool = False,
     revision: str | None = None,
     compile: bool = False, jpeg_draft: bool = False,  # noqa: A002 - the flag's name
+    workload: memory.Workload | None = None,
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder; ``revision``: branch, tag or commit) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
     ``compile``: static KV cache + compiled decode step; ``jpeg_draft``: reduced-size JPEG decoding (inexact).
+    ``workload``: what will run on it (batch, beams, tokens), for the memory pre-flight check (checkpoint/memory.py).
     """
     quiet_transformers()
     t0 = time.perf_counter()
@@ -163,9 +165,11 @@ def load_model(
     if kind != "full" and not model_base:
         raise InputError(f"{model} is a {kind} folder; pass --model-base with the base model it was trained on")
     base_folder = checkpoint_folder(model_base, what="base model") if (kind != "full" and model_base) else None
-    torch_dtype = runtime.resolve_dtype(dtype, dev, config)
-    attn_impl = runtime.resolve_attention(attn, dev, torch_dtype)
     weights_folder = base_folder or folder
+    quant = "4bit" if load_4bit else "int8" if load_8bit else None
+    dtype_chosen, estimate = memory.preflight(weights_folder, config, dtype, dev, workload, quant, vision_tower, str(model))
+    torch_dtype = runtime.DTYPES[dtype_chosen]
+    attn_impl = runtime.resolve_attention(attn, dev, torch_dtype)
     extra: dict[str, Any] = {}
     if load_4bit or load_8bit:
         extra["quantization_config"] = runtime.bnb_config(load_4bit, torch_dtype)
@@ -196,7 +200,7 @@ def load_model(
         lm, tokenizer, tok_folder, conv, image_processor=tower.processor, name=str(model), folder=folder, kind=kind,
         dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
         info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": tower.name,
-              "revision": revision, "commit": commit_of(folder)})
+              "revision": revision, "commit": commit_of(folder), "memory": estimate.to_dict()})
     loaded.compile, loaded.image_processor.jpeg_draft = compile, jpeg_draft
     return loaded
 

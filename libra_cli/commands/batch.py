@@ -73,7 +73,9 @@ def batch(
                                    dtype=model.dtype, options=eng.vllm_options(settings.seed), quiet=quiet)
     else:
         model.device = b.shard_device(model.device, n, k)
-        loaded = model.load(quiet=quiet)
+        from libra_cli.checkpoint.memory import Workload
+
+        loaded = model.load(quiet=quiet, workload=Workload.for_settings(settings, bs))
         runner = b.BatchRunner(loaded, settings, batch_size=bs, workers=workers, cache_mb=cache_mb,
                                model_id=model_id, on_batch=progress.advance)
     try:

@@ -74,6 +74,9 @@ def eval_cmd(
     api.parse_metrics(groups_spec, suite)  # a typo fails before any file is read
     scorers = api.make_scorers(bertscore_model=bertscore_model, radgraph_model=radgraph_model, device=device,
                                batch_size=batch_size, workers=workers, cache=not no_cache)
+    from libra_cli.checkpoint.memory import scorer_guard
+
+    scorers.options.memory_guard = scorer_guard(batch_size, device)
     pairs = load_pairs(references, predictions, allow_missing=allow_missing)
     model_name = name or (predictions.stem if predictions else references.stem)
     common: dict[str, Any] = {"suite": suite, "strict": strict, "clean": not no_clean, "seed": seed, "scorers": scorers}

@@ -35,7 +35,7 @@ class ModelFlags:
     model_base: Annotated[str | None, typer.Option("--model-base", help="Base model for LoRA / projector-only folders.", rich_help_panel=M)] = None
     vision_tower: Annotated[str | None, typer.Option("--vision-tower", help="Override the encoder path or hub id from config.json.", rich_help_panel=M)] = None
     conv_mode: Annotated[str | None, typer.Option("--conv-mode", help="Prompt template (default: the one the model was trained with).", rich_help_panel=M)] = None
-    dtype: Annotated[str, typer.Option("--dtype", envvar="LIBRA_DTYPE", help="auto | bfloat16 | float16 | float32 (auto: checkpoint dtype on GPU, float32 on CPU).", rich_help_panel=M)] = "auto"
+    dtype: Annotated[str, typer.Option("--dtype", envvar="LIBRA_DTYPE", help="auto | bfloat16 | float16 | float32 (auto: checkpoint dtype on GPU; CPU: bfloat16 where native, float32 where it fits).", rich_help_panel=M)] = "auto"
     device: Annotated[str, typer.Option("--device", envvar="LIBRA_DEVICE", help="auto | cuda | cuda:N | mps | cpu.", rich_help_panel=M)] = "auto"
     attn: Annotated[str, typer.Option("--attn", help="auto | sdpa | eager | flash_attention_2.", rich_help_panel=M)] = "auto"
     load_4bit: Annotated[bool, typer.Option("--load-4bit", help="4-bit weights (bitsandbytes extra).", rich_help_panel=M)] = False
@@ -46,16 +46,16 @@ class ModelFlags:
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def load(self, quiet: bool = False) -> Any:
-        """Load the model behind these flags, with a spinner on stderr."""
+    def load(self, quiet: bool = False, workload: Any = None) -> Any:
+        """Load the model behind these flags, with a spinner on stderr (``workload``: for the memory check)."""
         from libra_cli.checkpoint.load import load_model
         from libra_cli.console import err_console
 
         if quiet:
             os.environ["LIBRA_QUIET"] = "1"  # no download progress either
-            return load_model(**self.kwargs())
+            return load_model(**self.kwargs(), workload=workload)
         with err_console().status(f"loading {self.model} ..."):
-            return load_model(**self.kwargs())
+            return load_model(**self.kwargs(), workload=workload)
 
 
 @dataclass
