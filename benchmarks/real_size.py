@@ -154,7 +154,7 @@ def shards(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------ machine bounds
 
 
-def machine(folder: Path, prompt_tokens: int, hidden: int, inter: int) -> dict[str, Any]:
+def machine(folder: Path, prompt_tokens: int, hidden: int, inter: int, weight_bytes: int) -> dict[str, Any]:
     """Cold disk read speed, GEMM GFLOP/s (fp32, bf16) at the prefill's shape, memory bandwidth."""
     import torch
 
@@ -177,7 +177,7 @@ def machine(folder: Path, prompt_tokens: int, hidden: int, inter: int) -> dict[s
         for _ in range(reps):
             a @ b
         out[f"gemm_gflops_{str(dt)[6:]}"] = 2 * prompt_tokens * hidden * inter * reps / (time.perf_counter() - t0) / 1e9
-    buf = torch.ones(1 << 28, dtype=torch.float32)
+    buf = torch.ones(max(1 << 22, min(1 << 28, weight_bytes // 16)), dtype=torch.float32)  # 1 GiB at 7B
     dst = torch.empty_like(buf)
     dst.copy_(buf)
     t0 = time.perf_counter()
@@ -361,6 +361,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/work/bigckpt"))
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--beams", type=int, default=10, help="beam width of the paper-decoding run (0: skip it)")
+    parser.add_argument("--original-beams", type=int, default=None,
+                        help="the original's beam run (default --beams; 0 skips it: at 7B its per-beam prompt copies "
+                             "need more than 24 GB)")
     parser.add_argument("--dtype", default="bfloat16", help="libra's --dtype in the libra stage")
     parser.add_argument("--stages", default="build,machine,libra,original,cli")
     parser.add_argument("--original-python", default=None, help="python of the original code's venv")
@@ -385,7 +388,7 @@ def main() -> None:
     res["prompt_tokens"] = (tower["image"] // 14) ** 2 + 66
     print(f"{s['name']}: {files.params / 1e9:.2f} B parameters, {res['weights_gb']:.2f} GB in bf16 at {folder}", file=sys.stderr)
     if "machine" in stages:
-        res["machine"] = machine(folder, res["prompt_tokens"], s["hidden"], s["intermediate"])
+        res["machine"] = machine(folder, res["prompt_tokens"], s["hidden"], s["intermediate"], files.stored_bytes)
         print(f"machine: {json.dumps(res['machine'])}", file=sys.stderr)
     env = {"PYTHONPATH": str(REPO)}
     if "libra" in stages:
@@ -393,8 +396,9 @@ def main() -> None:
         print(f"libra: {json.dumps(res['libra'])}", file=sys.stderr)
     if "original" in stages and args.original_python:
         oenv = {"LIBRA_ORIGINAL_SRC": str(args.original_src), "PYTHONPATH": ""}
+        beams = args.beams if args.original_beams is None else args.original_beams
         res["original"] = child(args.original_python, ORIGINAL_CHILD + MEASURE, folder, args.tokens, "float16", oenv,
-                                args.beams)
+                                beams)
         print(f"original: {json.dumps(res['original'])}", file=sys.stderr)
     if "cli" in stages:
         res["cli_no_dtype"] = cli(folder, args.tokens, args.cli_timeout)
