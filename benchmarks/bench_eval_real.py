@@ -65,7 +65,7 @@ def clean(text):  # the original evaluation: lowercase, then clean_text (libra_c
     return re.sub(r"\s{2,}", " ", text).strip()
 def ratescore():
     from RaTEScore import RaTEScore
-    rs = RaTEScore(bert_model=os.path.join(models, "rate-ner"), eval_model=os.path.join(models, "rate-eval"))
+    rs = RaTEScore(bert_model=os.path.join(models, "rate-ner"), eval_model=os.path.join(models, "rate-eval"), use_gpu=False)
     return [float(x) for x in rs.compute_score(hyps, refs)]
 """
 
@@ -178,7 +178,7 @@ def run_reference(args: argparse.Namespace, suite: str, pairs: Path) -> dict[str
 
         data = json.loads(pairs.read_text())
         lex = args.work / "lexical.json"
-        lex.write_text(json.dumps({"references": data["refs"], "predictions": data["hyps"]}))
+        lex.write_text(json.dumps({"refs": data["refs"], "preds": data["hyps"]}))
         subprocess.run([sys.executable, "-c", BASELINE, str(lex)], check=True, capture_output=True, text=True)
     code = REF_LIBRA if suite == "libra" else REF_REXRANK
     proc = subprocess.run([args.ref_python, "-c", code, str(args.work), str(pairs), str(args.cxr_report_metric), suite,

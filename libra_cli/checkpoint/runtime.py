@@ -1,4 +1,4 @@
-"""Runtime policy: which device, dtype and attention kernel a model runs with, and whether it fits.
+"""Runtime policy: which device, dtype and attention kernel a model runs with (memory sizing: memory.py).
 
 One dtype table for the whole package (loading, convert and training read it from here).
 """
