@@ -48,6 +48,7 @@ SHAPES: dict[str, dict[str, Any]] = {
              "vocab": 1000, "tower": {"hidden": 32, "layers": 12, "heads": 2, "image": 70}, "conv_mode": "libra_v1"},
 }
 SHARD_BYTES = 4_900_000_000
+MIB_GB = 1.048576 / 1000  # MiB (what /proc reports, in kB / 1024) -> GB
 
 
 def kb(field: str) -> int:
@@ -243,6 +244,8 @@ from libra.constants import IMAGE_TOKEN_INDEX, DEFAULT_IMAGE_TOKEN
 from libra.eval.run_libra import get_image_tensors
 t0 = time.perf_counter()
 tokenizer, model, image_processor, _ = load_pretrained_model(folder, None, "libra-v1.0-7b", device="cpu")
+if dtype_arg != "float16":  # --original-dtype: the same code with its weights cast after loading
+    model.to(getattr(torch, dtype_arg))
 model.eval()
 out["load_s"] = time.perf_counter() - t0
 out["dtype"] = str(model.dtype).replace("torch.", "")
@@ -285,13 +288,18 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def child(python: str, code: str, folder: Path, tokens: int, dtype: str, env: dict[str, str], beams: int) -> dict[str, Any]:
-    """One implementation in a fresh process, its weights cold; its result or its error."""
+def child(python: str, code: str, folder: Path, tokens: int, dtype: str, env: dict[str, str], beams: int,
+          timeout: float | None = None) -> dict[str, Any]:
+    """One implementation in a fresh process, its weights cold; its result or its error (or its timeout)."""
     drop_pages(shards(folder))
     cur, prior = SHARED / "data" / "cxr" / "current.jpg", SHARED / "data" / "cxr" / "prior.jpg"
     t0 = time.perf_counter()
-    proc = subprocess.run([python, "-c", code, str(folder), str(cur), str(prior), str(tokens), dtype],
-                          capture_output=True, text=True, env={**os.environ, **env, "BEAMS": str(beams)})
+    try:
+        proc = subprocess.run([python, "-c", code, str(folder), str(cur), str(prior), str(tokens), dtype],
+                              capture_output=True, text=True, env={**os.environ, **env, "BEAMS": str(beams)},
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {timeout} s", "rc": None, "wall_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -329,15 +337,15 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     w = res["weights_gb"]
     s: dict[str, Any] = {}
     m = res.get("machine", {})
-    for impl in ("libra", "original"):
+    for impl in ("libra", "original", "original_bfloat16"):
         r = res.get(impl) or {}
         if "load_s" not in r:
             continue
         s[impl] = {
             "dtype": r["dtype"], "load_s": round(r["load_s"], 2),
             "load_vs_disk": round(r["load_s"] / (w * 1e9 / 1e9 / m["disk_read_gb_s"]), 2) if m else None,
-            "peak_rss_gb": round(r["peak_rss_greedy_mb"] / 1024 * 1.048576, 2),
-            "peak_rss_over_weights": round(r["peak_rss_greedy_mb"] * 1.048576 / 1024 / w, 3),
+            "peak_rss_gb": round(r["peak_rss_greedy_mb"] * MIB_GB, 2),
+            "peak_rss_over_weights": round(r["peak_rss_greedy_mb"] * MIB_GB / w, 3),
             "ttft_s": round(r["ttft_s"], 2), "greedy_s": round(r["greedy_s"], 2),
             "decode_tokens_per_s": r["decode_tokens_per_s"] and round(r["decode_tokens_per_s"], 3),
         }
@@ -348,10 +356,16 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
                 (r["decode_tokens_per_s"] or 0) / (m["gemv_bf16_gb_s"] * 1e9 / (res["llm_params"] * 2)), 3)
         if "beam10_s" in r:
             s[impl]["beam10_s"] = round(r["beam10_s"], 2)
-            s[impl]["beam10_peak_rss_gb"] = round(r["peak_rss_beam10_mb"] * 1.048576 / 1024, 2)
-            s[impl]["beam10_growth_gb"] = round(r["beam10_growth_mb"] * 1.048576 / 1024, 3)
-    if "libra" in s and "original" in s:
-        s["greedy_speedup_vs_original"] = round(s["original"]["greedy_s"] / s["libra"]["greedy_s"], 3)
+            s[impl]["beam10_peak_rss_gb"] = round(r["peak_rss_beam10_mb"] * MIB_GB, 2)
+            s[impl]["beam10_growth_gb"] = round(r["beam10_growth_mb"] * MIB_GB, 3)
+    for impl in ("original", "original_bfloat16"):
+        if "libra" in s and impl in s:
+            s[f"greedy_speedup_vs_{impl}"] = round(s[impl]["greedy_s"] / s["libra"]["greedy_s"], 3)
+    cli = res.get("cli_no_dtype")
+    if cli and cli.get("peak_rss_mb"):
+        s["cli_no_dtype"] = {"rc": cli["rc"], "peak_rss_gb": round(cli["peak_rss_mb"] * MIB_GB, 2),
+                             "peak_rss_over_weights": round(cli["peak_rss_mb"] * MIB_GB / w, 3),
+                             "wall_s": round(cli["wall_s"], 1), "stderr_last": cli["stderr_last"]}
     return s
 
 
@@ -368,7 +382,11 @@ def main() -> None:
     parser.add_argument("--stages", default="build,machine,libra,original,cli")
     parser.add_argument("--original-python", default=None, help="python of the original code's venv")
     parser.add_argument("--original-src", default=None, help="checkout of the original Libra code")
+    parser.add_argument("--original-dtype", default="float16",
+                        help="float16: the original's own CPU path; bfloat16: its weights cast after loading (on a CPU "
+                             "without AVX512-FP16 its float16 matmuls are too slow to finish a 7B prefill)")
     parser.add_argument("--cli-timeout", type=int, default=1800)
+    parser.add_argument("--original-timeout", type=float, default=None, help="seconds before the original's run is stopped")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -397,9 +415,10 @@ def main() -> None:
     if "original" in stages and args.original_python:
         oenv = {"LIBRA_ORIGINAL_SRC": str(args.original_src), "PYTHONPATH": ""}
         beams = args.beams if args.original_beams is None else args.original_beams
-        res["original"] = child(args.original_python, ORIGINAL_CHILD + MEASURE, folder, args.tokens, "float16", oenv,
-                                beams)
-        print(f"original: {json.dumps(res['original'])}", file=sys.stderr)
+        key = "original" if args.original_dtype == "float16" else f"original_{args.original_dtype}"
+        res[key] = child(args.original_python, ORIGINAL_CHILD + MEASURE, folder, args.tokens, args.original_dtype, oenv,
+                         beams, args.original_timeout)
+        print(f"{key}: {json.dumps(res[key])}", file=sys.stderr)
     if "cli" in stages:
         res["cli_no_dtype"] = cli(folder, args.tokens, args.cli_timeout)
         print(f"cli: {json.dumps(res['cli_no_dtype'])}", file=sys.stderr)
