@@ -144,3 +144,28 @@ def diagnose() -> Report:
     _hub(report)
     _data(report)
     return report
+
+
+def memory_report(model: str, dtype: str = "auto", device: str = "auto", num_beams: int = 1, batch_size: int = 1,
+                  max_new_tokens: int = 512) -> dict[str, Any]:
+    """What loading ``model`` and generating would need, per dtype, against the free memory (nothing is loaded)."""
+    from libra_cli.checkpoint import memory
+    from libra_cli.checkpoint.hub import checkpoint_folder
+    from libra_cli.checkpoint.load import read_config
+    from libra_cli.checkpoint.runtime import resolve_device, saved_dtype
+
+    dev = resolve_device(device)
+    folder = checkpoint_folder(model, what="model")
+    config = read_config(folder)
+    work = memory.Workload(batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    files = memory.weight_files(folder, saved_dtype(config))
+    chosen = memory.choose_dtype(dtype, dev, config, folder, work, weights=files)
+    rows = {}
+    for name in dict.fromkeys([chosen, "bfloat16", "float32"]):
+        rows[name] = memory.inference_estimate(folder, config, name, dev, work, weights=files, what=model).to_dict()
+    if dev.startswith("cuda"):
+        rows["4bit"] = memory.inference_estimate(folder, config, "bfloat16", dev, work, quant="4bit", weights=files,
+                                                 what=model).to_dict()
+    return {"model": model, "folder": str(folder), "device": dev, "stored_dtype": saved_dtype(config),
+            "parameters": files.params, "stored_gb": round(files.stored_bytes / 1e9, 2), "auto_dtype": chosen,
+            "cpu_bf16_native": memory.cpu_bf16_native(), "workload": work.__dict__, "estimates": rows}

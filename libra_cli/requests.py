@@ -55,8 +55,8 @@ class ModelSpec:
     model_base: str | None = setting(None, "Base model for LoRA / projector-only folders.")
     vision_tower: str | None = setting(None, "Override the encoder path or hub id from config.json.")
     conv_mode: str | None = setting(None, "Prompt template (default: the one the model was trained with).")
-    dtype: str = setting("auto", "auto | bfloat16 | float16 | float32 (auto: checkpoint dtype on GPU, float32 on "
-                         "CPU).")
+    dtype: str = setting("auto", "auto | bfloat16 | float16 | float32 (auto: checkpoint dtype on GPU; CPU: bfloat16 "
+                         "where native, float32 where it fits).")
     device: str = setting("auto", "auto | cuda | cuda:N | mps | cpu.")
     attn: str = setting("auto", "auto | sdpa | eager | flash_attention_2.")
     load_4bit: bool = setting(False, "4-bit weights (bitsandbytes extra).")

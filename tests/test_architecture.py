@@ -281,7 +281,9 @@ def test_no_module_below_commands_writes_os_environ() -> None:
 USER_VARIABLES = {"LIBRA_DEBUG", "LIBRA_URL_TIMEOUT", "LIBRA_URL_MAX_MB", "LIBRA_MAX_IMAGE_PIXELS",
                   "LIBRA_IMAGE_CACHE_MB", "LIBRA_CACHE", "LIBRA_TORCH",
                   # DICOMweb credentials and deadline (docs/pacs.md): the Python API reads them too, like a client library
-                  "LIBRA_DICOMWEB_TOKEN", "LIBRA_DICOMWEB_USER", "LIBRA_DICOMWEB_PASSWORD", "LIBRA_DICOMWEB_TIMEOUT"}
+                  "LIBRA_DICOMWEB_TOKEN", "LIBRA_DICOMWEB_USER", "LIBRA_DICOMWEB_PASSWORD", "LIBRA_DICOMWEB_TIMEOUT",
+                  # the memory pre-flight's off switch (README), for any caller of load_model
+                  "LIBRA_MEMORY_CHECK"}
 
 
 def test_libra_variables_are_read_at_the_cli_boundary() -> None:

@@ -24,5 +24,5 @@ _MODULES = {
 }
 _LAZY = {name: f"libra_cli.batch.{mod}" for mod, names in _MODULES.items() for name in names}
 _LAZY["InputError"] = "libra_cli.errors"
-_LAZY.update(dict.fromkeys(("per_sample_bytes", "pick_batch_size", "auto_batch_size"), "libra_cli.checkpoint.runtime"))
+_LAZY.update(dict.fromkeys(("per_sample_bytes", "pick_batch_size", "auto_batch_size"), "libra_cli.checkpoint.memory"))
 __getattr__, __all__ = lazy_exports(__name__, _LAZY)

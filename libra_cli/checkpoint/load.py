@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from libra_cli.checkpoint import layout, registry, runtime
+from libra_cli.checkpoint import layout, memory, registry, runtime
 from libra_cli.checkpoint.hub import checkpoint_folder, commit_of
 from libra_cli.checkpoint.tokenizer import SpmCodec, load_tokenizer
 from libra_cli.checkpoint.tower import load_vision_tower
@@ -260,13 +260,15 @@ def load_model(
     compile_backend: str = "inductor",
     shared_prefix: bool = True,
     quiet: bool = False,
+    workload: memory.Workload | None = None,
 ) -> LoadedModel:
     """Load a Libra checkpoint (hub id or folder; ``revision``: branch, tag or commit) ready for generation.
 
     ``model_base`` is required for LoRA folders and projector-only folders (as in the original).
     ``compile``: static KV cache + compiled decode step (``compile_backend``: torch.compile's);
     ``shared_prefix``: beams share the prompt's KV cache; ``jpeg_draft``: reduced-size JPEG decoding
-    (inexact); ``quiet``: no download progress bars.
+    (inexact); ``quiet``: no download progress bars. ``workload``: what will run on it (batch, beams, tokens),
+    for the memory pre-flight check (checkpoint/memory.py).
     """
     quiet_transformers()
     t0 = time.perf_counter()
@@ -283,7 +285,10 @@ def load_model(
         raise InputError(f"{model} is a {kind} folder; pass --model-base with the base model it was trained on")
     base_folder = checkpoint_folder(model_base, what="base model", progress=not quiet) \
         if (kind != "full" and model_base) else None
-    torch_dtype = runtime.resolve_dtype(dtype, dev, config)
+    weights_folder = base_folder or folder
+    quant = "4bit" if load_4bit else "int8" if load_8bit else None
+    dtype_chosen, estimate = memory.preflight(weights_folder, config, dtype, dev, workload, quant, vision_tower, str(model))
+    torch_dtype = runtime.DTYPES[dtype_chosen]
     attn_impl = runtime.resolve_attention(attn, dev, torch_dtype)
     extra: dict[str, Any] = {}
     if load_4bit or load_8bit:
@@ -305,7 +310,7 @@ def load_model(
         image_processor=dataclasses.replace(parts.tower.processor, jpeg_draft=jpeg_draft), name=str(model),
         folder=folder, kind=kind, dtype=torch_dtype, load_seconds=time.perf_counter() - t0,
         info={"attn_implementation": attn_impl, "model_base": model_base, "vision_tower": parts.tower.name,
-              "revision": revision, "commit": commit_of(folder)},
+              "revision": revision, "commit": commit_of(folder), "memory": estimate.to_dict()},
         compile=compile, compile_backend=compile_backend, shared_prefix=shared_prefix)
 
 

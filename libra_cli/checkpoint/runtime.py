@@ -1,4 +1,4 @@
-"""Runtime policy: which device, dtype and attention kernel a model runs with, whether it fits, how big a batch.
+"""Runtime policy: which device, dtype and attention kernel a model runs with (memory sizing: memory.py).
 
 One dtype table for the whole package (loading, convert and training read it from here).
 """
@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from libra_cli.errors import InputError
-from libra_cli.requests import GenerationSettings
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -136,52 +135,3 @@ def bnb_config(load_4bit: bool, compute_dtype: torch.dtype) -> Any:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=True,
                                   bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-
-
-def per_sample_bytes(config: Any, prompt_len: int, max_new_tokens: int, num_beams: int, elem_bytes: int) -> int:
-    """Rough GPU bytes one sample needs while generating: KV cache + logits + prefill activations."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = int(text.num_hidden_layers)
-    heads = int(text.num_attention_heads)
-    kv = int(getattr(text, "num_key_value_heads", None) or heads)
-    hidden = int(text.hidden_size)
-    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
-    inter = int(getattr(text, "intermediate_size", 4 * hidden))
-    vocab = int(text.vocab_size)
-    total = prompt_len + max_new_tokens
-    kv_cache = 2 * layers * kv * head_dim * total * elem_bytes * num_beams
-    logits = vocab * 4 * 3 * num_beams  # float32 logits, processed scores, softmax
-    prefill = prompt_len * (4 * hidden + 2 * inter) * elem_bytes + heads * prompt_len * prompt_len * elem_bytes
-    return kv_cache + logits + prefill
-
-
-def pick_batch_size(free_bytes: int, sample_bytes: int, n_items: int, cap: int = 256, headroom: float = 0.7) -> int:
-    """The largest batch whose estimated need fits in ``headroom`` of the free memory (at least 1)."""
-    fit = int(free_bytes * headroom) // max(sample_bytes, 1)
-    return max(1, min(fit, cap, max(n_items, 1)))
-
-
-class Placed(Protocol):
-    """What memory sizing reads off a loaded model (``checkpoint.LoadedModel``)."""
-
-    @property
-    def device(self) -> str: ...
-    @property
-    def dtype(self) -> torch.dtype: ...
-    @property
-    def config(self) -> Any: ...
-
-
-def auto_batch_size(loaded: Placed, settings: GenerationSettings, max_prompt_len: int, n_items: int) -> int:
-    """``--batch-size auto`` for the in-process engines: from free GPU memory on CUDA; 16 elsewhere (CPU gains
-    little beyond)."""
-    dev = str(loaded.device)
-    if not dev.startswith("cuda") or not torch.cuda.is_available():
-        return max(1, min(16, n_items))
-    free, _ = torch.cuda.mem_get_info(torch.device(dev))
-    elem = torch.empty((), dtype=loaded.dtype).element_size()
-    beams = max(settings.num_beams, settings.num_return_sequences)
-    if settings.decoding == "ccd":
-        beams *= 2  # CCD keeps two KV caches per sequence (the original and the guided prompt)
-    return pick_batch_size(free, per_sample_bytes(loaded.config, max_prompt_len, settings.max_new_tokens, beams, elem),
-                           n_items)

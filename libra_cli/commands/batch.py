@@ -90,8 +90,11 @@ def batch(
         shard_gpus(n, k, vllm.gpus_per_model)  # one vLLM instance per shard: data parallelism
     else:
         model.device = b.shard_device(model.device, n, k)
-    runner = b.BatchRunner(model.load_engine(engine, settings, quiet=quiet, **options), settings, batch_size=bs,
-                           workers=workers, cache_mb=cache_mb, model_id=model_id, on_batch=progress.advance)
+    from libra_cli.checkpoint.memory import Workload
+
+    runner = b.BatchRunner(model.load_engine(engine, settings, quiet=quiet, workload=Workload.for_settings(settings, bs),
+                                             **options), settings, batch_size=bs, workers=workers, cache_mb=cache_mb,
+                           model_id=model_id, on_batch=progress.advance)
     try:
         stats = (job.run if job else b.run_batch)(runner, items, errors, out, num_shards=n, shard=k,
                                                   overwrite=overwrite, on_start=progress.start)

@@ -90,9 +90,8 @@ def eval_cmd(
     api.parse_metrics(groups_spec, suite)  # a typo fails before any file is read
     judge = JudgeOptions(engine=judge_engine, url=judge_url, model=judge_model, dtype=judge_dtype,
                          batch_size=judge_batch_size, device=device)
-    judge.validate()
-    scorers = api.make_scorers(bertscore_model=bertscore_model, radgraph_model=radgraph_model, device=device,
-                               batch_size=batch_size, workers=workers, cache=not no_cache, judge=judge)
+    scorers = _scorers(judge, bertscore_model=bertscore_model, radgraph_model=radgraph_model, device=device,
+                       batch_size=batch_size, workers=workers, cache=not no_cache)
     pairs = load_pairs(references, predictions, allow_missing=allow_missing)
     model_name = name or (predictions.stem if predictions else references.stem)
     common: dict[str, Any] = {"suite": suite, "strict": strict, "clean": not no_clean, "seed": seed, "scorers": scorers}
@@ -126,6 +125,17 @@ def eval_cmd(
         typer.echo(json.dumps(result, indent=2))
     else:
         render(result, model_name, output_format)
+
+
+def _scorers(judge: Any, **options: Any) -> Any:
+    """Scorer models for this run, each checked against free memory before it loads (checkpoint/memory.py)."""
+    from libra_cli.checkpoint.memory import scorer_guard
+    from libra_cli.metrics import api
+
+    judge.validate()
+    scorers = api.make_scorers(judge=judge, **options)
+    scorers.options.memory_guard = scorer_guard(options["batch_size"], options["device"])
+    return scorers
 
 
 @eval_app.command("download", help="Fetch scorer models into the Hugging Face cache (once; then everything runs offline).")

@@ -65,7 +65,9 @@ def infer(
 
     settings = gen.settings()
     as_json = out.as_json
-    loaded = model.load(quiet=out.quiet)
+    from libra_cli.checkpoint.memory import Workload
+
+    loaded = model.load(quiet=out.quiet, workload=Workload.for_settings(settings))
     if getattr(loaded.config, "libra_demo", False):
         from libra_cli.demo import NOTICE
 

@@ -31,6 +31,7 @@ from libra_cli.vllm_engine.options import VllmOptions
 
 if TYPE_CHECKING:
     from libra_cli.checkpoint.load import LoadedModel
+    from libra_cli.checkpoint.memory import Workload
     from libra_cli.engines.base import BatchEngine
 
 M, G, OUT, ENG = "Model", "Generation", "Output", "Engine"
@@ -80,24 +81,25 @@ class ModelFlags(flags_for(ModelSpec, M)):  # type: ignore[misc]
     def kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def load(self, quiet: bool = False) -> LoadedModel:
-        """Load the model behind these flags (transformers, in this process), with a spinner on stderr."""
+    def load(self, quiet: bool = False, workload: Workload | None = None) -> LoadedModel:
+        """Load the model behind these flags (transformers, in this process), with a spinner on stderr
+        (``workload``: what will run on it, for the memory pre-flight check)."""
         from libra_cli.checkpoint.load import load_model
 
         quiet_third_party()
         if quiet:
-            return load_model(**self.kwargs(), quiet=True)  # no download progress either
+            return load_model(**self.kwargs(), quiet=True, workload=workload)  # no download progress either
         with err_console().status(f"loading {self.model} ..."):
-            return load_model(**self.kwargs())
+            return load_model(**self.kwargs(), workload=workload)
 
     def load_engine(self, engine: str, settings: GenerationSettings, *, quiet: bool = False,
-                    **options: Any) -> BatchEngine:
+                    workload: Workload | None = None, **options: Any) -> BatchEngine:
         """The model behind these flags on the engine that runs ``settings`` for ``--engine ENGINE`` (the
         in-process engines, ``hf`` and ``ccd``, run on :meth:`load`'s model)."""
         from libra_cli.engines.registry import for_model, load, name_for
 
         if name_for(engine, settings) in ("hf", "ccd"):
-            return for_model(self.load(quiet), settings)
+            return for_model(self.load(quiet, workload), settings)
         quiet_third_party()
         name = {"vllm": "vLLM"}.get(engine, engine)
         with contextlib.nullcontext() if quiet else err_console().status(f"starting {name} on {self.model} ..."):

@@ -15,7 +15,7 @@ import torch
 
 from libra_cli.ccd.run import run_ccd
 from libra_cli.checkpoint.load import EncoderOutputs, LoadedModel, load_model
-from libra_cli.checkpoint.runtime import auto_batch_size
+from libra_cli.checkpoint.memory import auto_batch_size
 from libra_cli.engines.base import OnText, Request, SyncSession
 from libra_cli.errors import InputError
 from libra_cli.requests import (

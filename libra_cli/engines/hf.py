@@ -21,7 +21,7 @@ from transformers import CompileConfig
 
 from libra_cli import beam_scores
 from libra_cli.checkpoint.load import EncoderOutputs, LoadedModel, load_model
-from libra_cli.checkpoint.runtime import auto_batch_size
+from libra_cli.checkpoint.memory import auto_batch_size
 from libra_cli.engines.base import OnText, Request, SyncSession
 from libra_cli.errors import InputError
 from libra_cli.model import shared_prefix

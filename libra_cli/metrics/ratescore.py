@@ -4,9 +4,11 @@
 per-report entity lists with the other side's; a report with no sentence (empty, ``"ok"``, ``"."``:
 medspacy finds nothing of 3+ characters) contributes no list, so every later score belongs to the
 wrong pair (one pair at a time it raises ``IndexError``). The adapter runs the package's own
-``sentence_split``, ``run_ner``, ``process_embedding`` and ``compute`` per report, so each report
-keeps its own entities; a report without a sentence has no entities and gets the package's value
-for that case (0.5), and is listed as not scorable in the result.
+``sentence_split``, ``run_ner``'s per-sentence labelling (its batch size is 1) with its ``post_process``,
+``process_embedding``'s CLS vectors and ``compute`` per report, so each report keeps its own entities; a
+report without a sentence has no entities and gets the package's value for that case (0.5), and is
+listed as not scorable in the result. medspacy splits each report once (the package split twice), a
+sentence seen before is not labelled again, and an entity seen before is not encoded again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class RaTEScorer:
             logger.disable("PyRuSH")
         except ImportError:
             pass
+        self._ner_cache: dict[str, Entities] = {}
+        self._embed_cache: dict[tuple[str, ...], Any] = {}
         self.package = pkg_scorer.RaTEScore(bert_model=str(ner_dir), eval_model=str(eval_dir), use_gpu=False, batch_size=batch_size)
         if device != "cpu":
             import torch
@@ -43,29 +47,58 @@ class RaTEScorer:
             self.package.model.to(self.package.device)
             self.package.eval_model.to(self.package.device)
 
-    def has_sentence(self, text: str) -> bool:
-        """Whether medspacy finds a sentence the package keeps (>= 1 word, >= 3 characters)."""
+    def sentences(self, text: str) -> list[str]:
+        """The package's ``sentence_split`` of one report (medspacy; sentences of >= 1 word, >= 3 characters)."""
         with contextlib.redirect_stdout(sys.stderr):  # PyRuSH 1.0.13 prints its tokens on stdout
-            return bool(self._utils.sentence_split([text])[0])
+            return list(self._utils.sentence_split([text])[0])
+
+    def has_sentence(self, text: str) -> bool:
+        """Whether medspacy finds a sentence the package keeps."""
+        return bool(self.sentences(text))
+
+    def sentence_entities(self, sentence: str) -> Entities:
+        """``run_ner``'s loop body for one sentence at its batch size of 1: the model's labels, then the
+        package's ``post_process`` on the sentence's tokens (what ``run_ner`` reads back for it)."""
+        import torch
+
+        p = self.package
+        inputs = p.tokenizer([sentence], max_length=512, padding=True, truncation=True, return_tensors="pt").to(p.device)
+        with torch.no_grad():
+            labels = torch.argmax(p.model(**inputs).logits, dim=2)[0].tolist()
+        ids = inputs["input_ids"][0]
+        tokens = p.tokenizer.convert_ids_to_tokens(ids[: int((ids != p.tokenizer.pad_token_id).sum())])
+        return [tuple(e) for e in self._utils.post_process(tokens, [p.idx2label[x] for x in labels], p.tokenizer)]  # type: ignore[misc]
 
     def entities(self, texts: Sequence[str]) -> list[Entities | None]:
-        """Per report: its (entity, type) list, or None when it has no sentence (not scorable)."""
+        """Per report: its (entity, type) list, or None when it has no sentence (not scorable).
+
+        ``run_ner`` labels every sentence alone (batch size 1) and joins a report's sentences; a sentence's
+        entities therefore depend on the sentence only, and each distinct sentence is labelled once.
+        """
+        split = [self.sentences(t) for t in texts]
+        for sent in dict.fromkeys(x for sents in split for x in sents):
+            if sent not in self._ner_cache:
+                self._ner_cache[sent] = self.sentence_entities(sent)
+        return [[e for x in sents for e in self._ner_cache[x]] if sents else None for sents in split]
+
+    def embeddings(self, entities: Entities) -> tuple[Any, list[str]]:
+        """``process_embedding`` of one report's entities, once per distinct entity list.
+
+        The package encodes a report's entities as one padded batch; the vectors depend on that batch
+        (float rounding that can flip a top-1 match), so the batch is kept as the package makes it.
+        """
         p = self.package
-        keep = [i for i, t in enumerate(texts) if self.has_sentence(t)]
-        out: list[Entities | None] = [None] * len(texts)
-        if keep:
-            with contextlib.redirect_stdout(sys.stderr):
-                pairs = self._score.run_ner([texts[i] for i in keep], p.idx2label, p.tokenizer, p.model, p.device,
-                                            p.batch_size)
-            for i, ents in zip(keep, pairs, strict=True):
-                out[i] = [tuple(e) for e in ents]  # type: ignore[misc]
-        return out
+        names = tuple(name for name, _ in entities)
+        if names not in self._embed_cache:
+            self._embed_cache[names] = self._score.process_embedding(list(entities), p.eval_tokenizer, p.eval_model,
+                                                                     p.device)[0]
+        return self._embed_cache[names], [t for _, t in entities]
 
     def score_pair(self, ref: Entities | None, hyp: Entities | None) -> float:
         """The body of ``compute_score``'s loop for one pair."""
         p = self.package
-        gt_embeds, gt_types = self._score.process_embedding(ref or [], p.eval_tokenizer, p.eval_model, p.device)
-        pred_embeds, pred_types = self._score.process_embedding(hyp or [], p.eval_tokenizer, p.eval_model, p.device)
+        gt_embeds, gt_types = self.embeddings(ref or [])
+        pred_embeds, pred_types = self.embeddings(hyp or [])
         if len(gt_embeds) == 0 or len(pred_embeds) == 0:
             return 0.5
         precision = self._utils.compute(gt_embeds, pred_embeds, gt_types, pred_types, p.affinity_matrix)

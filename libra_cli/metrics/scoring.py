@@ -53,6 +53,8 @@ class ModelOptions:
     overrides: dict[str, Path] = field(default_factory=dict)  # hub repo id -> local folder
     hub_cache: Path | None = None
     judge: Any = None  # libra_cli.metrics.judges.run.JudgeOptions (None: transformers, the judge's default model)
+    # called before a scorer model loads with (model key, its weight paths); raises when it cannot fit in memory
+    memory_guard: Callable[[str, list[Path]], None] | None = None
 
 
 @dataclass
@@ -102,10 +104,23 @@ class Scorers:
             torch.set_num_threads(self.options.workers)
             self._threads_set = True
         if key not in self._loaded:
+            if self.options.memory_guard is not None:
+                self.options.memory_guard(key, self.weight_paths(key))
             t0 = time.perf_counter()
             self._loaded[key] = build()
             self.load_seconds[key] = time.perf_counter() - t0
         return self._loaded[key]
+
+    def weight_paths(self, key: str) -> list[Path]:
+        """The files and folders whose weights loading ``key`` reads (for the memory check)."""
+        from libra_cli.metrics.models import RRG_SCORERS
+
+        paths = dict(self.resolved(key).paths)
+        if key == "chexbert":
+            paths[RRG_SCORERS] = paths[RRG_SCORERS] / "chexbert.pth"
+        elif "radgraph" in paths:
+            paths.pop(RRG_SCORERS, None)
+        return list(paths.values())
 
     def namespace(self, key: str, *extra: str) -> str:
         r = self.resolved(key)

@@ -78,10 +78,25 @@ class ModelCache:
                 with old_lock:  # wait for a running generation on the evicted model
                     pass
                 _free_memory()
-            entry = (self._load(key), threading.Lock())
+            entry = (self._load_fitting(key), threading.Lock())
             self.loads += 1
             self._entries[key] = entry
             return entry
+
+    def _load_fitting(self, key: ModelSpec) -> LoadedModel:
+        """Load ``key``; when it does not fit beside the models held, unload the least recently used first."""
+        from libra_cli.checkpoint.memory import NotEnoughMemory
+
+        while True:
+            try:
+                return self._load(key)
+            except NotEnoughMemory:
+                if not self._entries:
+                    raise
+                _, (_, old_lock) = self._entries.popitem(last=False)
+                with old_lock:
+                    pass
+                _free_memory()
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries

@@ -89,6 +89,7 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     attn = recipe.attn_implementation
     if attn == "auto":
         attn = resolve_attention("auto", "cuda" if torch.cuda.is_available() else "cpu", dtype)
+    check_training_memory(recipe, stage, folder, config)
     adapter = recipe.pretrain_mm_mlp_adapter
     parts = assemble(folder, config, dtype=dtype, attn=attn, vision_tower=recipe.vision_tower,
                      projector=layout.projector_source(adapter) if adapter else None,
@@ -123,6 +124,19 @@ def build_model(recipe: Recipe, stage: str) -> Built:
     total = sum(p.numel() for p in lm.parameters())
     return Built(model, lm, tokenizer, tower.processor, config, folder,
                  {"trainable": trainable, "total": total, "num_image_tokens": int(tower.num_patches)})
+
+
+def check_training_memory(recipe: Recipe, stage: str, folder: str, config: Any) -> None:
+    """Stop before loading when one training step cannot fit (checkpoint/memory.py), naming what to change."""
+    from libra_cli.checkpoint import memory
+
+    lora = stage == "finetune" and recipe.lora_enable
+    seq = min(recipe.model_max_length, 1024)  # report-length answers; the image tokens are added inside
+    est = memory.training_estimate(folder, config, recipe.dtype, stage, lora, recipe.lora_r,
+                                   recipe.per_device_train_batch_size, seq, recipe.gradient_checkpointing,
+                                   mixed=recipe.bf16 or recipe.fp16)
+    memory.check_training(est, lora or stage == "align", recipe.gradient_checkpointing,
+                          recipe.per_device_train_batch_size, recipe.dtype)
 
 
 def saved_config(config: PretrainedConfig, folder: str) -> dict[str, Any]:
