@@ -73,10 +73,10 @@ def drop_pages(paths: list[Path]) -> None:
 def build(shape: str, out: Path) -> Path:
     """Write the random checkpoint (resumable: a finished index means done). Returns its folder."""
     import torch
-    from tests.builders.tiny import copy_tokenizer, libra_config, make_vision_tower
     from safetensors.torch import save_file
 
     from libra_cli.model.modeling import BACKBONES
+    from tests.builders.tiny import copy_tokenizer, libra_config, make_vision_tower
 
     s = SHAPES[shape]
     t = s["tower"]

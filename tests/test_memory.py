@@ -50,9 +50,9 @@ def giant(tmp_path: Path) -> Path:
 def seven_b(tmp_path: Path) -> tuple[Path, object]:
     """A libra-v1.0-7b-shape checkpoint (Llama-2-7B + TAC, bf16) as header-only shards, and its config."""
     import torch
-    from tests.builders.tiny import libra_config
 
     from libra_cli.model.modeling import BACKBONES
+    from tests.builders.tiny import libra_config
 
     cfg = libra_config("libra", "TAC", "../rad-dino", mm_hidden=768, hidden=4096, layers=32, heads=32, kv_heads=32,
                        vocab=32000, intermediate=11008)

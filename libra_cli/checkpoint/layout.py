@@ -12,6 +12,7 @@ import json
 import pickle
 import re
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,23 @@ def damaged(path: str | Path, exc: BaseException) -> ModelLoadError:
         return ModelLoadError(f"{path} holds Python objects besides tensors, and libra never unpickles those "
                               "(loading them could run code); use a safetensors copy of the checkpoint")
     return ModelLoadError(f"{path} is damaged or incomplete ({text[:160]}); {redownload_hint(path)}")
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (its first 8 + N bytes; no tensor is read)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 2 <= n <= size - 8:  # a garbage length would otherwise ask for exabytes
+            raise damaged(path, ValueError(f"header length {n} does not fit a {size}-byte file"))
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise damaged(path, ValueError(f"unreadable header: {exc}")) from None
+    if not isinstance(header, dict):
+        raise damaged(path, ValueError("header is not a JSON object"))
+    return header
 
 
 def corrupt_errors() -> tuple[type[BaseException], ...]:

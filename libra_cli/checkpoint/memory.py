@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libra_cli.checkpoint.layout import safetensors_header
 from libra_cli.errors import InputError
 from libra_cli.requests import GenerationSettings
 
 GB = 1e9
 ELEM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "4bit": 0.5}
-_ST_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-             "F8_E4M3": 1, "F8_E5M2": 1}
 _ST_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 DEFAULT_IMAGE_TOKENS = 1369  # RAD-DINO: (518 / 14) ** 2 patches
 PROMPT_TEXT_TOKENS = 96  # system prompt, question, template markers around the image tokens
@@ -57,13 +55,6 @@ class WeightFiles:
     def bytes_as(self, dtype: str) -> int:
         """Bytes of these weights once cast to ``dtype`` (integer buffers keep their size)."""
         return int(self.params * ELEM[dtype])
-
-
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (its first 8 + N bytes; no tensor is read)."""
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(n))
 
 
 def weight_files(folder: str | Path, stored_dtype: str = "float32") -> WeightFiles:
