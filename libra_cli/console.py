@@ -5,8 +5,11 @@ stdout is for data (reports, JSON, paths); everything here writes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 _warned: set[str] = set()
@@ -64,6 +67,18 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+@contextlib.contextmanager
+def package_prints() -> Iterator[None]:
+    """What a package prints on stdout (radgraph's "Using device", PyRuSH's tokens) never reaches stdout,
+    which is data: it goes to stderr with --verbose / --debug and nowhere otherwise."""
+    if verbose():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def quiet_transformers() -> None:

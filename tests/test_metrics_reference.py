@@ -146,3 +146,27 @@ def test_rexrank_suite_end_to_end_with_ci_and_per_sample(scorers) -> None:  # no
     row = res["per_sample"][0]
     assert {"RadCliQ-v1", "SembScore", "RaTEScore"} <= set(row)
     assert res["versions"]["radgraph"] == "0.1.18"
+
+
+def test_rate_ner_relative_projection_memo_gives_the_same_logits() -> None:
+    """The memo computes DeBERTa's relative-position projections once; logits stay bitwise equal, for short
+    sentences and for a sentence as long as the relative embeddings (which must be computed, not recalled)."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForTokenClassification
+
+    from libra_cli.metrics.ratescore import RelativeProjectionMemo, memoize_relative_projections
+
+    torch.manual_seed(0)
+    cfg = DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64, relative_attention=True, position_buckets=8, max_relative_positions=64,
+                          pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm", num_labels=5)
+    plain = DebertaV2ForTokenClassification(cfg).eval()
+    memo = DebertaV2ForTokenClassification(cfg).eval()
+    memo.load_state_dict(plain.state_dict())
+    assert memoize_relative_projections(memo) == 2
+    rows = memo.deberta.encoder.layer[0].attention.self.query_proj.rows
+    assert isinstance(memo.deberta.encoder.layer[0].attention.self.query_proj, RelativeProjectionMemo) and rows == 16
+    with torch.no_grad():
+        for n in (5, 9, rows, 5, 30):  # a 16-token sentence has the relative embeddings' shape
+            ids = torch.randint(0, 100, (1, n))
+            assert torch.equal(plain(input_ids=ids).logits, memo(input_ids=ids).logits), n

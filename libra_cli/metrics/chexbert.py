@@ -16,13 +16,13 @@ SembScore (CXR-Report-Metric, ReXrank) is the cosine of the same model's final-l
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from libra_cli.console import package_prints
 
 TARGET_NAMES: tuple[str, ...] = (
     "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
@@ -56,7 +56,7 @@ class CheXbertModel:
 
         from libra_cli.metrics.compat import with_encode_plus
 
-        with contextlib.redirect_stdout(sys.stderr):
+        with package_prints():
             from f1chexbert import f1chexbert as pkg
         self._pkg = pkg
         self.device = torch.device(device)

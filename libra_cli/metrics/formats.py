@@ -69,7 +69,7 @@ def render(result: dict[str, Any], model_name: str, fmt: str = "libra") -> None:
     if "rouge" in computed:
         extra += f"; ROUGE-L {s['rouge_l']}"
     console.print(
-        f"[dim]{result['n']} pairs in {result['seconds']:.2f} s ({result['n'] / max(result['seconds'], 1e-9):,.0f} pairs/s; "
+        f"[dim]{result['n']} pairs in {result['seconds']:.2f} s ({_rate(result['n'], result['seconds'])}; "
         f"{timings}){extra}[/]", highlight=False)
     from rich.markup import escape
 
@@ -78,6 +78,12 @@ def render(result: dict[str, Any], model_name: str, fmt: str = "libra") -> None:
     for group, reason in result.get("skipped", {}).items():
         console.print(f"[yellow]skipped {group}:[/] {escape(reason)}", highlight=False)
     console.print(f"[dim]{_versions_line(result['versions'])}[/]", highlight=False)
+
+
+def _rate(n: int, seconds: float) -> str:
+    """Pairs per second with the digits that matter (a real-size RaTEScore run is well under one)."""
+    rate = n / max(seconds, 1e-9)
+    return f"{rate:,.0f} pairs/s" if rate >= 10 else f"{rate:.2g} pairs/s" if rate >= 0.1 else f"{seconds / max(n, 1):.1f} s/pair"
 
 
 def _versions_line(versions: dict[str, str]) -> str:

@@ -5,7 +5,7 @@ What the adapter changes, and nothing else:
 - transformers 5 removed ``encode_plus``; radgraph's vendored AllenNLP tokenizer calls it. The
   tokenizer radgraph gets is given an ``encode_plus`` that is ``__call__`` (what ``encode_plus``
   always delegated to in transformers 4).
-- ``RadGraph.__init__`` prints "Using device" on stdout: it goes to stderr (stdout is data).
+- ``RadGraph.__init__`` prints "Using device" on stdout: it never reaches stdout (stdout is data; --verbose shows it on stderr).
 - A whitespace-only report crashes the package (``ListFields must contain a single field type``):
   it is scored as an empty report (reward 0), which the package already does for ``""``.
 - Annotations are computed once per distinct text and shared by every reward that needs them
@@ -15,13 +15,12 @@ What the adapter changes, and nothing else:
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from libra_cli.console import package_prints
 from libra_cli.metrics.compat import with_encode_plus
 
 MODEL_TYPES: tuple[str, ...] = ("radgraph", "radgraph-xl", "modern-radgraph-xl")
@@ -32,7 +31,7 @@ _PATCHED = False
 def radgraph_modules() -> SimpleNamespace:
     """Import the radgraph package (quietly) with the transformers-5 tokenizer fix applied once."""
     global _PATCHED
-    with contextlib.redirect_stdout(sys.stderr):
+    with package_prints():
         import radgraph
         from radgraph.allennlp.common import cached_transformers
         from radgraph.allennlp.data import Vocabulary, token_indexers
@@ -70,7 +69,7 @@ class RadGraphAnnotator:
         mods = radgraph_modules()
         cuda = -1 if device == "cpu" or not torch.cuda.is_available() else int(device.split(":")[1]) if ":" in device else 0
         # RadGraph reads <model_cache_dir>/<model_type>/; model_dir is exactly that folder
-        with contextlib.redirect_stdout(sys.stderr):
+        with package_prints():
             self.model = mods.RadGraph(model_type=model_type, model_cache_dir=str(model_dir.parent), cuda=cuda)
         self.model_type = model_type
 
@@ -78,7 +77,7 @@ class RadGraphAnnotator:
         """Annotations of non-empty texts, in order (the package's own forward, batch of one report)."""
         if not texts:
             return []
-        with contextlib.redirect_stdout(sys.stderr):
+        with package_prints():
             out = self.model(list(texts))
         empty = {"text": "", "entities": {}, "data_source": None, "data_split": "inference"}
         return [out.get(str(i), empty) for i in range(len(texts))]

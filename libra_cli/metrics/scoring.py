@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from libra_cli.console import quiet_transformers
 from libra_cli.errors import InputError
 from libra_cli.metrics.cache import OutputCache, text_key
 from libra_cli.metrics.models import SCORER_MODELS, ResolvedModel, resolve
@@ -104,6 +105,7 @@ class Scorers:
             torch.set_num_threads(self.options.workers)
             self._threads_set = True
         if key not in self._loaded:
+            quiet_transformers()  # no "Loading weights" bars on the console of an eval (--verbose shows them)
             if self.options.memory_guard is not None:
                 self.options.memory_guard(key, self.weight_paths(key))
             t0 = time.perf_counter()
