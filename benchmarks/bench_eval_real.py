@@ -151,6 +151,20 @@ COLUMNS = {
 }
 
 
+def scorable_pairs(pairs: tuple[list[str], list[str]], n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` pairs whose two reports both have a sentence RaTEScore keeps: the package's corpus call
+    drops a sentence-less report and shifts every later pair, so only such pairs compare pair by pair."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        from RaTEScore.utils import sentence_split
+
+        keep = [(r, h) for r, h in zip(*pairs, strict=True) if sentence_split([r])[0] and sentence_split([h])[0]]
+    if len(keep) < n:
+        raise SystemExit(f"only {len(keep)} scorable pairs; ask for fewer")
+    return [r for r, _ in keep[:n]], [h for _, h in keep[:n]]
+
+
 def prepare(work: Path, n: int) -> tuple[Path, Path, Path, Path]:
     """Scorer models (built once), the hub cache, and the pair files."""
     sys.path.insert(0, str(REPO))
@@ -160,7 +174,7 @@ def prepare(work: Path, n: int) -> tuple[Path, Path, Path, Path]:
     models, hub = work / "models", work / "hub"
     if not (models / "radgraph-cache" / "radgraph-xl" / "weights.th").is_file():
         install_scorer_hub(hub, build_all(models, real_size=True))
-    refs, hyps = make_pairs(n, seed=0)
+    refs, hyps = scorable_pairs(make_pairs(n + n // 5 + 10, seed=0), n)
     pairs = work / f"pairs-{n}.json"
     pairs.write_text(json.dumps({"refs": refs, "hyps": hyps}))
     ref_file, pred_file = work / f"refs-{n}.jsonl", work / f"preds-{n}.jsonl"
