@@ -47,10 +47,13 @@ def rrg_labels(classes: Sequence[int]) -> list[int]:
     return [1 if (isinstance(x, int) and x > 0) else 0 for x in v]
 
 
+SEMB_BATCH = 18  # CXR-Report-Metric CheXbert/src/constants.py BATCH_SIZE: SembScore's vectors come in these batches
+
+
 class CheXbertModel:
     """The CheXbert labeller, loaded once; ``run(texts)`` -> (labels [n,14] int, CLS embeddings [n,H] float32)."""
 
-    def __init__(self, checkpoint: Path, bert_dir: Path, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, checkpoint: Path, bert_dir: Path, device: str = "cpu") -> None:
         import torch
         from transformers import BertTokenizer
 
@@ -60,7 +63,6 @@ class CheXbertModel:
             from f1chexbert import f1chexbert as pkg
         self._pkg = pkg
         self.device = torch.device(device)
-        self.batch_size = batch_size
         self.tokenizer = with_encode_plus(BertTokenizer.from_pretrained(str(bert_dir)))
         self.model = pkg.bert_labeler(pretrain_path=str(bert_dir))
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_state_dict"]
@@ -73,31 +75,40 @@ class CheXbertModel:
 
         return self._pkg.tokenize(pd.Series([t.strip() for t in texts], dtype=object), self.tokenizer)
 
-    def run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and CLS vectors, batched by length (padding masked, as the package's own batches)."""
+    def forward(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch, in the given order, padded to its longest report (padding masked, the package's
+        ``generate_attention_masks``): labels [n,14] and CLS vectors [n,H]."""
         import torch
 
-        n = len(texts)
-        ids = self.encode(texts)
-        order = sorted(range(n), key=lambda i: len(ids[i]))
-        labels = np.zeros((n, len(TARGET_NAMES)), dtype=np.int64)
-        hidden = self.model.bert.config.hidden_size
-        embeds = np.zeros((n, hidden), dtype=np.float32)
+        lengths = [len(x) for x in ids]
+        batch = torch.zeros(len(ids), max(lengths), dtype=torch.long)
+        for row, x in enumerate(ids):
+            batch[row, : lengths[row]] = torch.tensor(list(x))
+        mask = self._pkg.generate_attention_masks(batch, lengths, self.device)
         with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                idx = order[start:start + self.batch_size]
-                lengths = [len(ids[i]) for i in idx]
-                batch = torch.zeros(len(idx), max(lengths), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    batch[row, : lengths[row]] = torch.tensor(ids[i])
-                mask = self._pkg.generate_attention_masks(batch, lengths, self.device)
-                cls = self.model.bert(batch.to(self.device), attention_mask=mask)[0][:, 0, :]
-                heads = [head(cls).argmax(dim=1).cpu().numpy() for head in self.model.linear_heads]
-                cls_np = cls.float().cpu().numpy()
-                for row, i in enumerate(idx):
-                    labels[i] = rrg_labels([int(h[row]) for h in heads])
-                    embeds[i] = cls_np[row]
+            cls = self.model.bert(batch.to(self.device), attention_mask=mask)[0][:, 0, :]
+            heads = [head(cls).argmax(dim=1).cpu().numpy() for head in self.model.linear_heads]
+        labels = np.array([rrg_labels([int(h[row]) for h in heads]) for row in range(len(ids))], dtype=np.int64)
+        return labels.reshape(len(ids), len(TARGET_NAMES)), cls.float().cpu().numpy()
+
+    def run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and CLS vectors of each report on its own (f1chexbert's ``get_label``: a batch of one, no
+        padding). A report's outputs move with the padding of its batch (float rounding, which a BERT can
+        amplify: at real size with random weights 9 of 118 reports changed a label), so none is added."""
+        n = len(texts)
+        labels = np.zeros((n, len(TARGET_NAMES)), dtype=np.int64)
+        embeds = np.zeros((n, self.model.bert.config.hidden_size), dtype=np.float32)
+        for i, x in enumerate(self.encode(texts)):
+            lab, emb = self.forward([x])
+            labels[i], embeds[i] = lab[0], emb[0]
         return labels, embeds
+
+    def semb_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """CLS vectors as CXR-Report-Metric's ``encode.label`` makes them for one file: in file order, in
+        batches of :data:`SEMB_BATCH` padded to their longest report (its DataLoader and collate)."""
+        ids = self.encode(texts)
+        out = [self.forward(ids[i:i + SEMB_BATCH])[1] for i in range(0, len(ids), SEMB_BATCH)]
+        return np.concatenate(out) if out else np.zeros((0, self.model.bert.config.hidden_size), dtype=np.float32)
 
 
 def classification_reports(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:

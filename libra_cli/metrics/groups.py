@@ -109,9 +109,8 @@ def _counts_fn(k: int, kind: str) -> Callable[[np.ndarray], np.ndarray]:
 def semb(s: Scorers, refs: Sequence[str], hyps: Sequence[str]) -> np.ndarray:
     from libra_cli.metrics.chexbert import semb_scores
 
-    _, embeds = s.chexbert_outputs(list(refs) + list(hyps))
-    n = len(refs)
-    return semb_scores(embeds[:n].astype(np.float64), embeds[n:].astype(np.float64))
+    ref_vecs, hyp_vecs = s.semb_vectors(refs, hyps)
+    return semb_scores(ref_vecs.astype(np.float64), hyp_vecs.astype(np.float64))
 
 
 def ratescore_group(s: Scorers, refs: Sequence[str], hyps: Sequence[str], ids: Sequence[str]) -> GroupOutput:

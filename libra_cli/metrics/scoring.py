@@ -150,25 +150,48 @@ class Scorers:
         return [None if rg.is_empty(t) else done[t] for t in texts]
 
     # ----------------------------------------------------------------- CheXbert
-    def chexbert_outputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(labels [n,14], CLS vectors [n,H]) for each text."""
+    def _chexbert(self) -> Any:
         from libra_cli.metrics import chexbert as cx
         from libra_cli.metrics.models import RRG_SCORERS
 
         require_package("f1chexbert", "CheXbert")
         res = self.resolved("chexbert")
-        ns = self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", f"batch={self.options.batch_size}")
+        return self._load("chexbert", lambda: cx.CheXbertModel(res.paths[RRG_SCORERS] / "chexbert.pth",
+                                                              res.paths["bert-base-uncased"], self.device))
+
+    def chexbert_outputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [n,14], CLS vectors [n,H]) of each text on its own (f1chexbert's way), cached per text."""
+        from libra_cli.metrics import chexbert as cx
+
+        require_package("f1chexbert", "CheXbert")
+        ns = self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", "one-report")
 
         def run(batch: list[str]) -> list[Any]:
-            model = self._load("chexbert", lambda: cx.CheXbertModel(
-                res.paths[RRG_SCORERS] / "chexbert.pth", res.paths["bert-base-uncased"], self.device, self.options.batch_size))
-            labels, embeds = model.run(batch)
+            labels, embeds = self._chexbert().run(batch)
             return [[lab.tolist(), emb.tolist()] for lab, emb in zip(labels, embeds, strict=True)]
 
         outs = self.cache.compute(ns, [text_key(t) for t in texts], list(texts), run)
         labels = np.array([o[0] for o in outs], dtype=np.int64).reshape(len(texts), len(cx.TARGET_NAMES))
         embeds = np.array([o[1] for o in outs], dtype=np.float32)
         return labels, embeds
+
+    def semb_vectors(self, refs: Sequence[str], hyps: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """SembScore's CLS vectors: each file in CXR-Report-Metric's batches (``CheXbertModel.semb_vectors``),
+        cached per batch of reports, since a vector depends on the batch it was computed in."""
+        from libra_cli.metrics.chexbert import SEMB_BATCH
+
+        require_package("f1chexbert", "CheXbert")
+        ns = self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", f"semb-batch={SEMB_BATCH}")
+        sides = [list(refs), list(hyps)]
+        chunks = [side[i:i + SEMB_BATCH] for side in sides for i in range(0, len(side), SEMB_BATCH)]
+
+        def run(batch: list[list[str]]) -> list[Any]:
+            return [self._chexbert().semb_vectors(chunk).tolist() for chunk in batch]
+
+        outs = self.cache.compute(ns, [text_key(*c) for c in chunks], chunks, run)
+        vectors = [np.array(o, dtype=np.float32) for o in outs]
+        n_ref = -(-len(refs) // SEMB_BATCH)
+        return np.concatenate(vectors[:n_ref]), np.concatenate(vectors[n_ref:])
 
     # ----------------------------------------------------------------- BERTScore
     def bertscore(self, setting: str, refs: Sequence[str], hyps: Sequence[str], num_layers: int | None = None) -> np.ndarray:
