@@ -156,6 +156,9 @@ def scorable_pairs(pairs: tuple[list[str], list[str]], n: int) -> tuple[list[str
     drops a sentence-less report and shifts every later pair, so only such pairs compare pair by pair."""
     import contextlib
 
+    from loguru import logger
+
+    logger.disable("PyRuSH")  # its DEBUG records of every token
     with contextlib.redirect_stdout(sys.stderr):
         from RaTEScore.utils import sentence_split
 
