@@ -89,7 +89,7 @@ def test_chexbert_labels_f1_and_sembscore_equal_the_reference(scorers) -> None: 
         assert fn(stats.sum(axis=0, keepdims=True))[0] == pytest.approx(out.values[name], abs=1e-12), name
     for name, per in out.per_pair.items():
         assert per.mean() == pytest.approx(out.values[name], abs=1e-12), name
-    # SembScore: CXR-Report-Metric's encode.py (batches of 18) vs one length-sorted batch here
+    # SembScore: CXR-Report-Metric's encode.py (batches of 18 per file, file order), as libra batches it
     _close(groups.semb(scorers, REFS, HYPS), REF["semb"], 1e-5)
     assert set(scorers.load_seconds) == {"chexbert"} or "chexbert" in scorers.load_seconds
     assert cx.TARGET_NAMES_5 == ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
