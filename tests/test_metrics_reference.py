@@ -75,7 +75,7 @@ def test_chexbert_labels_f1_and_sembscore_equal_the_reference(scorers) -> None: 
     from libra_cli.metrics import chexbert as cx
     from libra_cli.metrics import groups
 
-    labels, _ = scorers.chexbert_outputs(REFS + HYPS)
+    labels = scorers.chexbert_labels(REFS + HYPS)
     n = len(REFS)
     assert labels[:n].tolist() == REF["chexbert_labels"]["refs"]
     assert labels[n:].tolist() == REF["chexbert_labels"]["hyps"]

@@ -1,5 +1,5 @@
 """CheXbert through the ``f1chexbert`` package (0.0.2): labels for F1CheXbert and CLS embeddings for
-SembScore from ONE forward pass per report.
+SembScore, each computed in the batches of its reference (a report's outputs move with its batch's padding).
 
 The package's own pieces are used: ``bert_labeler`` (the model), ``tokenize`` (text cleaning,
 512-token cut), the "rrg" label mapping of ``F1CheXbert.get_label`` and scikit-learn's
@@ -51,7 +51,7 @@ SEMB_BATCH = 18  # CXR-Report-Metric CheXbert/src/constants.py BATCH_SIZE: SembS
 
 
 class CheXbertModel:
-    """The CheXbert labeller, loaded once; ``run(texts)`` -> (labels [n,14] int, CLS embeddings [n,H] float32)."""
+    """The CheXbert labeller, loaded once: ``labels`` for F1CheXbert, ``semb_vectors`` for SembScore."""
 
     def __init__(self, checkpoint: Path, bert_dir: Path, device: str = "cpu") -> None:
         import torch
@@ -91,17 +91,14 @@ class CheXbertModel:
         labels = np.array([rrg_labels([int(h[row]) for h in heads]) for row in range(len(ids))], dtype=np.int64)
         return labels.reshape(len(ids), len(TARGET_NAMES)), cls.float().cpu().numpy()
 
-    def run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and CLS vectors of each report on its own (f1chexbert's ``get_label``: a batch of one, no
-        padding). A report's outputs move with the padding of its batch (float rounding, which a BERT can
-        amplify: at real size with random weights 9 of 118 reports changed a label), so none is added."""
-        n = len(texts)
-        labels = np.zeros((n, len(TARGET_NAMES)), dtype=np.int64)
-        embeds = np.zeros((n, self.model.bert.config.hidden_size), dtype=np.float32)
+    def labels(self, texts: Sequence[str]) -> np.ndarray:
+        """Labels [n,14] of each report on its own (f1chexbert's ``get_label``: a batch of one, no padding). A
+        report's outputs move with the padding of its batch (float rounding, which a BERT can amplify: at real
+        size with random weights 9 of 118 reports changed a label), so none is added."""
+        out = np.zeros((len(texts), len(TARGET_NAMES)), dtype=np.int64)
         for i, x in enumerate(self.encode(texts)):
-            lab, emb = self.forward([x])
-            labels[i], embeds[i] = lab[0], emb[0]
-        return labels, embeds
+            out[i] = self.forward([x])[0][0]
+        return out
 
     def semb_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """CLS vectors as CXR-Report-Metric's ``encode.label`` makes them for one file: in file order, in

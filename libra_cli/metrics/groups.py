@@ -75,7 +75,7 @@ def radgraph_combined(s: Scorers, refs: Sequence[str], hyps: Sequence[str]) -> n
 def chexbert_group(s: Scorers, refs: Sequence[str], hyps: Sequence[str]) -> GroupOutput:
     from libra_cli.metrics import chexbert as cx
 
-    labels, _ = s.chexbert_outputs(list(refs) + list(hyps))
+    labels = s.chexbert_labels(list(refs) + list(hyps))
     n = len(refs)
     ref_l, hyp_l = labels[:n], labels[n:]
     cr, cr5 = cx.classification_reports(ref_l, hyp_l)

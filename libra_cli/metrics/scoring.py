@@ -1,9 +1,10 @@
 """Model-based metric groups: each scorer model loads once per run and feeds every metric that needs it.
 
 RadGraph annotations feed RG_E/RG_ER/RG_ER_bar, ReXrank's RadGraph and RadCliQ-v1; one CheXbert
-forward gives F1CheXbert labels and SembScore vectors; ReXrank's BERTScore also feeds RadCliQ-v1.
-Outputs are cached per report text (per pair for BERTScore), so re-scoring changed predictions
-only runs the models on the changed lines.
+model gives F1CheXbert labels (per report) and SembScore vectors (in CXR-Report-Metric's batches);
+ReXrank's BERTScore also feeds RadCliQ-v1. Outputs are cached per report text (per pair for
+BERTScore, per batch of 18 for SembScore), so re-scoring changed predictions only runs the models
+on the changed lines.
 """
 
 from __future__ import annotations
@@ -154,34 +155,28 @@ class Scorers:
         from libra_cli.metrics import chexbert as cx
         from libra_cli.metrics.models import RRG_SCORERS
 
-        require_package("f1chexbert", "CheXbert")
         res = self.resolved("chexbert")
         return self._load("chexbert", lambda: cx.CheXbertModel(res.paths[RRG_SCORERS] / "chexbert.pth",
                                                               res.paths["bert-base-uncased"], self.device))
 
-    def chexbert_outputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(labels [n,14], CLS vectors [n,H]) of each text on its own (f1chexbert's way), cached per text."""
+    def _chexbert_namespace(self, what: str) -> str:
+        require_package("f1chexbert", "CheXbert")
+        return self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", what)
+
+    def chexbert_labels(self, texts: Sequence[str]) -> np.ndarray:
+        """Labels [n,14] of each text on its own (f1chexbert's way), cached per text."""
         from libra_cli.metrics import chexbert as cx
 
-        require_package("f1chexbert", "CheXbert")
-        ns = self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", "one-report")
-
-        def run(batch: list[str]) -> list[Any]:
-            labels, embeds = self._chexbert().run(batch)
-            return [[lab.tolist(), emb.tolist()] for lab, emb in zip(labels, embeds, strict=True)]
-
-        outs = self.cache.compute(ns, [text_key(t) for t in texts], list(texts), run)
-        labels = np.array([o[0] for o in outs], dtype=np.int64).reshape(len(texts), len(cx.TARGET_NAMES))
-        embeds = np.array([o[1] for o in outs], dtype=np.float32)
-        return labels, embeds
+        outs = self.cache.compute(self._chexbert_namespace("labels-one-report"), [text_key(t) for t in texts], list(texts),
+                                  lambda batch: self._chexbert().labels(batch).tolist())
+        return np.array(outs, dtype=np.int64).reshape(len(texts), len(cx.TARGET_NAMES))
 
     def semb_vectors(self, refs: Sequence[str], hyps: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """SembScore's CLS vectors: each file in CXR-Report-Metric's batches (``CheXbertModel.semb_vectors``),
         cached per batch of reports, since a vector depends on the batch it was computed in."""
         from libra_cli.metrics.chexbert import SEMB_BATCH
 
-        require_package("f1chexbert", "CheXbert")
-        ns = self.namespace("chexbert", f"f1chexbert={_pkg_version('f1chexbert')}", f"semb-batch={SEMB_BATCH}")
+        ns = self._chexbert_namespace(f"semb-batch={SEMB_BATCH}")
         sides = [list(refs), list(hyps)]
         chunks = [side[i:i + SEMB_BATCH] for side in sides for i in range(0, len(side), SEMB_BATCH)]
 
