@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 REF_HEAD = r"""
 import json, os, re, sys, time
 work, pairs_path, cxrm, suite, out_path = sys.argv[1:6]
+skip = set(sys.argv[6].split(",")) if len(sys.argv) > 6 and sys.argv[6] else set()  # metrics measured elsewhere
 os.environ["HF_HOME"] = os.path.join(work, "models", "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["XDG_CACHE_HOME"] = os.path.join(work, "models", "xdg")
@@ -139,7 +140,8 @@ def radcliq():
     return [float(v) for v in model.predict(x)]
 for name, fn in (("bleu2", bleu2), ("bertscore", bertscore), ("semb", semb), ("radgraph", radgraph), ("radcliq", radcliq),
                  ("ratescore", ratescore)):
-    timed(name, fn)
+    if name not in skip:
+        timed(name, fn)
 json.dump({"values": out, "seconds": secs}, open(out_path, "w"))
 """
 
@@ -186,8 +188,9 @@ def prepare(work: Path, n: int) -> tuple[Path, Path, Path, Path]:
     return pairs, ref_file, pred_file, hub
 
 
-def run_reference(args: argparse.Namespace, suite: str, pairs: Path) -> dict[str, Any]:
-    """One cold reference run of ``suite`` (the lexical baseline too for the libra suite)."""
+def run_reference(args: argparse.Namespace, suite: str, pairs: Path, skip: str = "") -> dict[str, Any]:
+    """One cold reference run of ``suite`` (the lexical baseline too for the libra suite); ``skip``: metrics
+    (comma-separated) whose identical call was already measured in another suite's reference run."""
     out = args.work / f"ref-{suite}.json"
     t0 = time.perf_counter()
     if suite == "libra":
@@ -199,7 +202,7 @@ def run_reference(args: argparse.Namespace, suite: str, pairs: Path) -> dict[str
         subprocess.run([sys.executable, "-c", BASELINE, str(lex)], check=True, capture_output=True, text=True)
     code = REF_LIBRA if suite == "libra" else REF_REXRANK
     proc = subprocess.run([args.ref_python, "-c", code, str(args.work), str(pairs), str(args.cxr_report_metric), suite,
-                           str(out)], capture_output=True, text=True)
+                           str(out), skip], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"reference {suite} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(out.read_text())
@@ -249,6 +252,16 @@ def compare(suite: str, ref: dict[str, Any], ours: dict[str, Any]) -> dict[str, 
     return out
 
 
+def save(path: Path | None, results: dict[str, Any]) -> None:
+    """Write the results so far (atomically: a reader never sees half a file)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref-python", required=True)
@@ -258,30 +271,47 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--suites", default="libra,rexrank")
     parser.add_argument("--libra-args", nargs="*", default=[], help="extra flags for libra eval (e.g. --batch-size 32)")
+    parser.add_argument("--share-ratescore", action="store_true",
+                        help="run the reference's RaTEScore call once (in the first suite) and count its measured seconds "
+                             "and values in both suites: both suites make the same package call on the same pairs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
     pairs, ref_file, pred_file, hub = prepare(args.work, args.pairs)
     results: dict[str, Any] = {"pairs": args.pairs, "load_before": os.getloadavg(), "suites": {}}
+    shared: dict[str, Any] | None = None  # the first reference run's RaTEScore (values, seconds)
     for suite in args.suites.split(","):
         ref_times, libra_times = [], []
         ref = ours = None
+        entry: dict[str, Any] = results["suites"].setdefault(suite, {})
         for r in range(args.repeats):
             for side in (("reference", "libra") if r % 2 == 0 else ("libra", "reference")):
                 if side == "reference":
-                    ref = run_reference(args, suite, pairs)
+                    reuse = args.share_ratescore and shared is not None
+                    ref = run_reference(args, suite, pairs, skip="ratescore" if reuse else "")
+                    if reuse:
+                        assert shared is not None
+                        ref["values"]["ratescore"] = shared["values"]
+                        ref["seconds"]["ratescore"] = shared["seconds"]
+                        ref["wall_s"] += shared["seconds"]
+                        entry["reference_ratescore"] = ("measured once, in the first suite's reference run, and added: "
+                                                        "the same RaTEScore().compute_score call on the same pairs")
+                    elif args.share_ratescore and "ratescore" in ref["seconds"]:
+                        shared = {"values": ref["values"]["ratescore"], "seconds": ref["seconds"]["ratescore"]}
                     ref_times.append(ref["wall_s"])
                 else:
                     ours = run_libra(args, suite, ref_file, pred_file, hub)
                     libra_times.append(ours["wall_s"])
                 print(f"{suite} {side}: {(ref_times if side == 'reference' else libra_times)[-1]:.1f} s", file=sys.stderr)
+                entry.update({"reference_s": ref_times, "libra_s": libra_times})
+                save(args.json, results)  # a stopped run keeps what it measured
         assert ref is not None and ours is not None
-        results["suites"][suite] = {
-            "reference_s": ref_times, "libra_s": libra_times, "reference_median_s": statistics.median(ref_times),
-            "libra_median_s": statistics.median(libra_times),
+        entry.update({
+            "reference_median_s": statistics.median(ref_times), "libra_median_s": statistics.median(libra_times),
             "speedup": statistics.median(ref_times) / statistics.median(libra_times),
-            "reference_parts_s": ref["seconds"], "libra_timings_s": ours["timings"], "equal": compare(suite, ref, ours)}
+            "reference_parts_s": ref["seconds"], "libra_timings_s": ours["timings"], "equal": compare(suite, ref, ours)})
+        save(args.json, results)
     results["load_after"] = os.getloadavg()
     print(f"{args.pairs} pairs, real-size random scorer models, CPU ({os.cpu_count()} cores); medians of {args.repeats}")
     print(f"{'suite':<10}{'reference s':>14}{'libra s':>10}{'speedup':>9}  values")
@@ -290,9 +320,7 @@ def main() -> None:
         differ = sum(v.get("differ_1e-5", 0) for v in s["equal"].values())
         print(f"{suite:<10}{s['reference_median_s']:>14.1f}{s['libra_median_s']:>10.1f}{s['speedup']:>8.2f}x  "
               f"{differ} pair values differ > 1e-5 (max {worst:.2e})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    save(args.json, results)
 
 
 if __name__ == "__main__":
