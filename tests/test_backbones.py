@@ -61,6 +61,9 @@ def test_backbone_connector_roundtrip(towers: Path, images, backbone: str, conne
         assert torch.equal(own[k2], v), k
     r = generate_report(lm, cur, pri, settings=GenerationSettings(max_new_tokens=4))
     assert 1 <= len(r.token_ids) <= 4
+    # generate asks for the last position's logits only where forward names logits_to_keep (else every prefill
+    # computes [prompt, vocab] float32 logits: 736 MB at the 3b shape)
+    assert lm.model._supports_logits_to_keep()
     # the image reaches the logits; only TAC looks at the prior
     a = _logits(lm, cur, pri)
     b = _logits(lm, pri, pri)
