@@ -71,6 +71,11 @@ def ratescore():
     from RaTEScore import RaTEScore
     rs = RaTEScore(bert_model=os.path.join(models, "rate-ner"), eval_model=os.path.join(models, "rate-eval"), use_gpu=False)
     return [float(x) for x in rs.compute_score(hyps, refs)]
+def run_all(steps):  # in order, each timed, except those measured in another suite's run
+    for name, fn in steps:
+        if name not in skip:
+            timed(name, fn)
+    json.dump({"values": out, "seconds": secs}, open(out_path, "w"))
 """
 
 REF_LIBRA = REF_HEAD + r"""
@@ -85,8 +90,7 @@ def bertscore():
     from bert_score import BERTScorer
     s = BERTScorer(model_type=os.path.join(models, "distilbert"), num_layers=5, batch_size=64, idf=False)
     return [float(x) for x in s.score([clean(h) for h in hyps], [clean(r) for r in refs])[2]]
-timed("radgraph", radgraph); timed("bertscore", bertscore); timed("ratescore", ratescore)
-json.dump({"values": out, "seconds": secs}, open(out_path, "w"))
+run_all((("radgraph", radgraph), ("bertscore", bertscore), ("ratescore", ratescore)))
 """
 
 REF_REXRANK = REF_HEAD + r"""
@@ -141,11 +145,8 @@ def radcliq():
     model = pickle.load(open(os.path.join(cxrm, "CXRMetric", "radcliq-v1.pkl"), "rb"))
     x = np.array([[out[c][i] for c in ("radgraph", "bertscore", "semb", "bleu2")] for i in range(len(refs))])
     return [float(v) for v in model.predict(x)]
-for name, fn in (("bleu2", bleu2), ("bertscore", bertscore), ("semb", semb), ("radgraph", radgraph), ("radcliq", radcliq),
-                 ("ratescore", ratescore)):
-    if name not in skip:
-        timed(name, fn)
-json.dump({"values": out, "seconds": secs}, open(out_path, "w"))
+run_all((("bleu2", bleu2), ("bertscore", bertscore), ("semb", semb), ("radgraph", radgraph), ("radcliq", radcliq),
+         ("ratescore", ratescore)))
 """
 
 # libra's per-sample columns for the reference's values
@@ -257,12 +258,11 @@ def compare(suite: str, ref: dict[str, Any], ours: dict[str, Any]) -> dict[str, 
 
 def save(path: Path | None, results: dict[str, Any]) -> None:
     """Write the results so far (atomically: a reader never sees half a file)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    if path is not None:
+        from libra_cli.atomic import write_text_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:
@@ -291,10 +291,8 @@ def main() -> None:
         for r in range(args.repeats):
             for side in (("reference", "libra") if r % 2 == 0 else ("libra", "reference")):
                 if side == "reference":
-                    reuse = args.share_ratescore and shared is not None
-                    ref = run_reference(args, suite, pairs, skip="ratescore" if reuse else "")
-                    if reuse:
-                        assert shared is not None
+                    ref = run_reference(args, suite, pairs, skip="ratescore" if shared is not None else "")
+                    if shared is not None:
                         ref["values"]["ratescore"] = shared["values"]
                         ref["seconds"]["ratescore"] = shared["seconds"]
                         ref["wall_s"] += shared["seconds"]

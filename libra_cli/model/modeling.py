@@ -126,8 +126,6 @@ class LibraMixin:
         """
         if shared_prefix is not None:
             kwargs["shared_prefix"] = shared_prefix
-        # transformers 5.0-5.15's Phi-3 generation passes None, which its forward turns into a new axis
-        kwargs["logits_to_keep"] = 0 if logits_to_keep is None else logits_to_keep
         if inputs_embeds is None and input_ids is not None and (
             pixel_values is not None or image_features is not None or self._has_placeholders(input_ids)
         ):
@@ -141,6 +139,8 @@ class LibraMixin:
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             labels=labels,
+            # transformers 5.0-5.15's Phi-3 generation passes None, which its forward turns into a new axis
+            logits_to_keep=0 if logits_to_keep is None else logits_to_keep,
             **kwargs,
         )
 
